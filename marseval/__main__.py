@@ -1,0 +1,5 @@
+import sys
+
+from marseval.cli import main
+
+sys.exit(main())

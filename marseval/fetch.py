@@ -1,0 +1,99 @@
+"""The `download` stage: bring a dataset's raw files to resources/raw/<source>/<dataset>/.
+
+Every source stages its files beside the target and renames at the end, so a failed or
+interrupted download never leaves a folder that looks complete. Zenodo and Hugging Face keep
+their partial files in a staging folder that survives a failure, so a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from marseval.atomic import atomic_directory
+from marseval.errors import MarsevalError
+from marseval.registry import get_dataset
+
+OFFLINE_VARS = ("MARSEVAL_OFFLINE", "HF_HUB_OFFLINE")
+
+
+def set_offline(offline: bool) -> None:
+    """Offline mode for our downloads and for every hub client (huggingface_hub, timm...)."""
+    if offline:
+        for var in OFFLINE_VARS:
+            os.environ[var] = "1"
+
+
+def download(dataset: str, source: str, out: Path, options: dict[str, Any]) -> None:
+    spec = get_dataset(dataset)
+    if source == "synthetic":
+        _synthetic(spec, out, options)
+    elif source == "zenodo":
+        _zenodo(spec, out, options)
+    elif source == "huggingface":
+        _huggingface(spec, out, options)
+    else:
+        raise MarsevalError(f"unknown source {source!r} for dataset {dataset}")
+
+
+def _synthetic(spec, out: Path, options: dict[str, Any]) -> None:
+    from marseval.data.synthetic.generate import generate_benchmark
+    from marseval.data.synthetic.retrieval import write_retrieval
+    from marseval.data.synthetic.writers import write_huggingface, write_zenodo
+
+    seed, size = options.get("seed", 0), options.get("image_size", 64)
+    with atomic_directory(out) as tmp:
+        if spec.task == "retrieval":
+            write_retrieval(spec, tmp, seed, size, options.get("retrieval", {}))
+            return
+        raw = generate_benchmark(spec, seed, size, options.get("samples") or
+                                 {"train": 48, "val": 16, "test": 16})
+        layout = options.get("layout", "zenodo")
+        (write_huggingface if layout == "huggingface" else write_zenodo)(raw, spec, tmp)
+
+
+def _staging(out: Path) -> Path:
+    return out.with_name(f".{out.name}.partial")
+
+
+def _zenodo(spec, out: Path, options: dict[str, Any]) -> None:
+    from marseval.data.download import download_zenodo_record
+
+    record = options.get("zenodo_record") or spec.zenodo_record
+    if not record:
+        raise MarsevalError(
+            f"no Zenodo record is known for {spec.name}; set datasets.{spec.name}.zenodo_record "
+            "in the config or use source: huggingface")
+    staging = _staging(out)
+    download_zenodo_record(record, staging, api_base=options.get("zenodo_api",
+                                                                 "https://zenodo.org/api"),
+                           retries=options.get("retries", 5))
+    _publish(staging, out)
+
+
+def _huggingface(spec, out: Path, options: dict[str, Any]) -> None:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    repo = options.get("huggingface") or spec.huggingface
+    if not repo:
+        raise MarsevalError(f"no Hugging Face repository is known for {spec.name}; set "
+                            f"datasets.{spec.name}.huggingface")
+    staging = _staging(out)
+    try:
+        snapshot_download(repo_id=repo, repo_type="dataset", revision=options.get("revision"),
+                          local_dir=staging)
+    except LocalEntryNotFoundError as exc:
+        raise MarsevalError(f"{spec.name}: {repo} is not available offline ({exc})") from None
+    except HfHubHTTPError as exc:
+        raise MarsevalError(f"{spec.name}: downloading {repo} failed ({exc})") from None
+    shutil.rmtree(staging / ".cache", ignore_errors=True)  # hub bookkeeping, not data
+    _publish(staging, out)
+
+
+def _publish(staging: Path, out: Path) -> None:
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(staging, out)

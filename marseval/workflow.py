@@ -1,0 +1,76 @@
+"""Helpers the Snakefile calls while it is parsed: pure functions of the config.
+
+They read nothing but the config and the packaged registry (cluster jobs re-parse the
+Snakefile, so parsing must stay cheap and must not touch data or the network).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from marseval.registry import RegistryError, get_dataset, load_registry
+
+SOURCES = ("synthetic", "huggingface", "zenodo")
+
+
+class ConfigError(ValueError):
+    """A config value the schema cannot catch (it needs the registry)."""
+
+
+def check_config(config: dict[str, Any]) -> None:
+    for name in config["datasets"]:
+        try:
+            get_dataset(name)
+        except RegistryError:
+            known = ", ".join(sorted(load_registry()))
+            raise ConfigError(f"config key datasets.{name}: no such dataset in the registry; "
+                              f"known datasets: {known}") from None
+
+
+def dataset_options(config: dict[str, Any], name: str) -> dict[str, Any]:
+    return config["datasets"].get(name) or {}
+
+
+def datasets(config: dict[str, Any], task: str | None = None) -> list[str]:
+    """Configured dataset names, optionally only those of one task, in config order."""
+    return [n for n in config["datasets"] if task is None or get_dataset(n).task == task]
+
+
+def source_of(config: dict[str, Any], name: str) -> str:
+    return dataset_options(config, name).get("source", config["source"])
+
+
+def raw_dir(config: dict[str, Any], name: str) -> str:
+    return f"{config['resources']}/raw/{source_of(config, name)}/{name}"
+
+
+def download_options(config: dict[str, Any], name: str) -> str:
+    """JSON handed to `python -m marseval download --options`."""
+    options = dataset_options(config, name)
+    synthetic = config["synthetic"]
+    merged = {
+        "seed": synthetic["seed"],
+        "image_size": synthetic["image_size"],
+        "samples": synthetic["samples"],
+        "retrieval": synthetic["retrieval"],
+        "layout": options.get("layout", synthetic["layout"]),
+        "retries": config["download"]["retries"],
+        "zenodo_api": config["download"]["zenodo_api"],
+    }
+    for key in ("huggingface", "revision", "zenodo_record"):
+        if key in options:
+            merged[key] = options[key]
+    return json.dumps(merged, sort_keys=True)
+
+
+def csv(values: list[Any]) -> str:
+    return ",".join(str(v) for v in values)
+
+
+NEXT_STAGES = """\
+Data stage complete: every configured dataset is standardized under {results}/data/.
+Stages that come next (added by later issues):
+  Mars-Bench:    features -> tune (grid shards) -> select -> train (7 seeds, partitions,
+                 few-shot) -> collect -> report (normalise, IQM, bootstrap, figures)
+  MarsRetrieval: embed (shards) -> index -> queries -> evaluate -> tables and maps"""

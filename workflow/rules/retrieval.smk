@@ -1,0 +1,2 @@
+# MarsRetrieval stages (embed, index, queries, evaluate) arrive with the retrieval issue.
+# Nothing here pretends to run yet.
