@@ -1,20 +1,16 @@
 # marseval: Mars-Bench and MarsRetrieval, end to end.
 # Default run: the embedded synthetic config (config/config.yaml); see README.md.
-import os
 import sys
 
 from snakemake.utils import min_version, validate
 
-
 min_version("9.0")
 
-# `python -m marseval` must resolve to this checkout in every job, with the interpreter that
-# runs Snakemake unless a conda env (activated later, so first on PATH) provides its own.
+# The package in this checkout drives every rule (see marseval/workflow.py).
 sys.path.insert(0, workflow.basedir)
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (workflow.basedir, os.environ.get("PYTHONPATH")) if p
-)
-os.environ["PATH"] = os.pathsep.join((os.path.dirname(sys.executable), os.environ["PATH"]))
+from marseval.workflow import export_job_environment
+
+export_job_environment(workflow.basedir)
 
 
 configfile: "config/config.yaml"

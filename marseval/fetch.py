@@ -64,7 +64,7 @@ def _zenodo(spec, out: Path, options: dict[str, Any]) -> None:
     record = options.get("zenodo_record") or spec.zenodo_record
     if not record:
         raise MarsevalError(
-            f"no Zenodo record is known for {spec.name}; set datasets.{spec.name}.zenodo_record "
+            f"no Zenodo record is known for {spec.name}; set dataset_options.{spec.name}.zenodo_record "
             "in the config or use source: huggingface")
     staging = _staging(out)
     download_zenodo_record(record, staging, api_base=options.get("zenodo_api",
@@ -80,7 +80,7 @@ def _huggingface(spec, out: Path, options: dict[str, Any]) -> None:
     repo = options.get("huggingface") or spec.huggingface
     if not repo:
         raise MarsevalError(f"no Hugging Face repository is known for {spec.name}; set "
-                            f"datasets.{spec.name}.huggingface")
+                            f"dataset_options.{spec.name}.huggingface")
     staging = _staging(out)
     try:
         snapshot_download(repo_id=repo, repo_type="dataset", revision=options.get("revision"),

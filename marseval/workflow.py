@@ -7,6 +7,8 @@ Snakefile, so parsing must stay cheap and must not touch data or the network).
 from __future__ import annotations
 
 import json
+import os
+import sys
 from typing import Any
 
 from marseval.registry import RegistryError, get_dataset, load_registry
@@ -14,22 +16,35 @@ from marseval.registry import RegistryError, get_dataset, load_registry
 SOURCES = ("synthetic", "huggingface", "zenodo")
 
 
+def export_job_environment(basedir: str) -> None:
+    """Make `python -m marseval` in every job resolve to this checkout.
+
+    The interpreter that runs Snakemake goes first on PATH, unless a rule's conda env is
+    activated (that puts the env's own python first again).
+    """
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (basedir, os.environ.get("PYTHONPATH")) if p)
+    os.environ["PATH"] = os.pathsep.join((os.path.dirname(sys.executable),
+                                          os.environ.get("PATH", "")))
+
+
 class ConfigError(ValueError):
     """A config value the schema cannot catch (it needs the registry)."""
 
 
 def check_config(config: dict[str, Any]) -> None:
-    for name in config["datasets"]:
-        try:
-            get_dataset(name)
-        except RegistryError:
-            known = ", ".join(sorted(load_registry()))
-            raise ConfigError(f"config key datasets.{name}: no such dataset in the registry; "
-                              f"known datasets: {known}") from None
+    for key in ("datasets", "dataset_options"):
+        for name in config[key]:
+            try:
+                get_dataset(name)
+            except RegistryError:
+                known = ", ".join(sorted(load_registry()))
+                raise ConfigError(f"config key {key}: {name!r} is not in the dataset registry; "
+                                  f"known datasets: {known}") from None
 
 
 def dataset_options(config: dict[str, Any], name: str) -> dict[str, Any]:
-    return config["datasets"].get(name) or {}
+    return config["dataset_options"].get(name) or {}
 
 
 def datasets(config: dict[str, Any], task: str | None = None) -> list[str]:
@@ -62,6 +77,11 @@ def download_options(config: dict[str, Any], name: str) -> str:
         if key in options:
             merged[key] = options[key]
     return json.dumps(merged, sort_keys=True)
+
+
+def detection_format_flag(config: dict[str, Any], name: str) -> str:
+    fmt = dataset_options(config, name).get("detection_format")
+    return f"--detection-format {fmt}" if fmt else ""
 
 
 def csv(values: list[Any]) -> str:

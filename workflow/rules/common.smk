@@ -5,11 +5,11 @@ from marseval.workflow import (
     check_config,
     csv,
     datasets,
+    detection_format_flag,
     download_options,
     raw_dir,
     source_of,
 )
-
 
 check_config(config)
 set_offline(config["offline"])

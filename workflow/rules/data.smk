@@ -4,15 +4,15 @@
 rule download:
     output:
         directory(f"{RESOURCES}/raw/{{source}}/{{dataset}}"),
-    params:
-        options=lambda wildcards: download_options(config, wildcards.dataset),
-        offline="--offline" if config["offline"] else "",
     log:
         f"{LOGS}/download/{{source}}/{{dataset}}.log",
     conda:
         "../../envs/data.yaml"
     resources:
         downloads=1,
+    params:
+        options=lambda wildcards: download_options(config, wildcards.dataset),
+        offline="--offline" if config["offline"] else "",
     shell:
         "python -m marseval download --dataset {wildcards.dataset}"
         " --source {wildcards.source} --out {output} --options {params.options:q}"
@@ -24,20 +24,18 @@ rule standardize:
         lambda wildcards: raw_dir(config, wildcards.dataset),
     output:
         directory(f"{RESULTS}/data/{{dataset}}"),
+    log:
+        f"{LOGS}/standardize/{{dataset}}.log",
+    conda:
+        "../../envs/data.yaml"
     params:
         source=lambda wildcards: source_of(config, wildcards.dataset),
         fractions=csv(config["subsets"]["fractions"]),
         fewshot=csv(config["subsets"]["fewshot"]),
         seed=config["subsets"]["seed"],
-        detection_format=lambda wildcards: (
-            f"--detection-format {config['datasets'][wildcards.dataset]['detection_format']}"
-            if (config["datasets"][wildcards.dataset] or {}).get("detection_format")
-            else ""
+        detection_format=lambda wildcards: detection_format_flag(
+            config, wildcards.dataset
         ),
-    log:
-        f"{LOGS}/standardize/{{dataset}}.log",
-    conda:
-        "../../envs/data.yaml"
     shell:
         "python -m marseval standardize --dataset {wildcards.dataset} --raw {input}"
         " --out {output} --source {params.source} --fractions {params.fractions}"
