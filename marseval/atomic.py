@@ -1,4 +1,4 @@
-"""Atomic outputs: write beside the target, then rename, so nothing half-written ever looks finished."""
+"""Atomic outputs: write beside the target, then rename; nothing half-written looks finished."""
 
 from __future__ import annotations
 

@@ -64,8 +64,8 @@ def _zenodo(spec, out: Path, options: dict[str, Any]) -> None:
     record = options.get("zenodo_record") or spec.zenodo_record
     if not record:
         raise MarsevalError(
-            f"no Zenodo record is known for {spec.name}; set dataset_options.{spec.name}.zenodo_record "
-            "in the config or use source: huggingface")
+            f"no Zenodo record is known for {spec.name}; set "
+            f"dataset_options.{spec.name}.zenodo_record in the config or use source: huggingface")
     staging = _staging(out)
     download_zenodo_record(record, staging, api_base=options.get("zenodo_api",
                                                                  "https://zenodo.org/api"),

@@ -23,10 +23,10 @@ import pyarrow.parquet as pq
 from marseval import __version__
 from marseval.atomic import atomic_directory, atomic_write_json
 from marseval.data.layouts.huggingface import _class_names, _image
+from marseval.data.layouts.zenodo import IMAGE_SUFFIXES
 from marseval.data.records import ImageRef
 from marseval.data.standardize import link_or_copy
 from marseval.data.validate import image_info, read_image
-from marseval.data.layouts.zenodo import IMAGE_SUFFIXES
 from marseval.errors import DataError
 from marseval.registry import DatasetSpec
 

@@ -1,9 +1,9 @@
 """Reader of the Zenodo (folder) layout of Mars-Bench.
 
 classification  annotation.csv (file_id, feature_name, label, split);
-                images at data/<split>/<feature_name>/<file_id> (multi-label: data/<split>/<file_id>;
-                change detection: the row names the "before" image, "after" is the same path with
-                "before" replaced by "after")
+                images at data/<split>/<feature_name>/<file_id>
+                (multi-label: data/<split>/<file_id>; change detection: the row names the
+                "before" image, "after" is the same path with "before" replaced by "after")
 segmentation    data/<split>/images/ and data/<split>/masks/, paired by file stem
 detection       data/<split>/images/ with labels/<stem>.txt (YOLO), coco_annotations.json,
                 pascal_voc/<stem>.xml

@@ -261,7 +261,7 @@ def _boulder_at(
     dx = dx + 0.8 * r  # window is shifted east to hold the shadow; re-centre on the rock
     rock = np.exp(-2.0 * (dy**2 + dx**2) / r**2)
     shadow = np.exp(-(((dx - 1.4 * r) / (1.0 * r)) ** 2) - (dy / (0.8 * r)) ** 2)
-    delta = amp * (rock - 0.8 * shadow)
+    delta = amp * (rock - 0.9 * shadow)
     delta[np.abs(delta) < 0.02 * amp] = 0.0  # cut gaussian tails so boxes stay tight
     _add(canvas, fp, sl, delta)
 
@@ -491,8 +491,13 @@ def _draw_channel(
         centre = sc * rng.uniform(3.0, 7.0) * np.sin(2 * np.pi * s / lam + rng.uniform(0, 6.3))
         dist = np.abs(t - centre)
         wid = max(sc, 0.75) * rng.uniform(1.2, 2.0) * strength**0.2  # legible when small
-        delta = 0.22 * min(1.0, strength) ** 0.5 * (
-            -np.exp(-((dist / wid) ** 2)) + 0.3 * np.exp(-(((dist - 1.8 * wid) / (0.6 * wid)) ** 2))
+        delta = (
+            0.22
+            * min(1.0, strength) ** 0.5
+            * (
+                -np.exp(-((dist / wid) ** 2))
+                + 0.3 * np.exp(-(((dist - 1.8 * wid) / (0.6 * wid)) ** 2))
+            )
         )
         delta[np.abs(delta) < 0.01] = 0.0
         _add(canvas, fp, (slice(None), slice(None)), delta)
@@ -557,7 +562,9 @@ def to_uint8(canvas: np.ndarray, bands: int) -> np.ndarray:
     return (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def _finish(canvas: np.ndarray, rng: np.random.Generator, bands: int, noise: float = 0.008) -> np.ndarray:
+def _finish(
+    canvas: np.ndarray, rng: np.random.Generator, bands: int, noise: float = 0.008
+) -> np.ndarray:
     """Add sensor noise and quantise (noise is drawn last so it is never smoothed away)."""
     canvas = canvas + rng.normal(0.0, noise, canvas.shape)
     return to_uint8(canvas, bands)
@@ -797,7 +804,13 @@ def detection_sample(
                 continue
             centres.append((cy, cx, radius))
             boxes.append(
-                [float(cols.min()), float(rows.min()), float(cols.max() + 1), float(rows.max() + 1), cls]
+                [
+                    float(cols.min()),
+                    float(rows.min()),
+                    float(cols.max() + 1),
+                    float(rows.max() + 1),
+                    cls,
+                ]
             )
     return _finish(canvas, rng, bands), boxes
 

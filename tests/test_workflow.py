@@ -1,0 +1,96 @@
+"""The workflow as users run it: lint, formatting, the paper DAG, the embedded default."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import REPO, tool
+
+SUPPORT = Path(__file__).parent / "support"
+
+
+def snakemake(args: list[str], env: dict[str, str], cwd: Path = REPO,
+              timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([tool("snakemake"), "-s", str(REPO / "Snakefile"), *args],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def job_counts(output: str) -> dict[str, int]:
+    table = output.split("Job stats:")[1]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+@pytest.mark.parametrize("configfile", ["config/config.yaml", "config/paper.yaml"])
+def test_lint_has_no_findings(configfile: str, workflow_env: dict[str, str]) -> None:
+    result = snakemake(["--lint", "--configfile", configfile], workflow_env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert "Congratulations, your workflow is in a good condition!" in output
+    assert "Lints for" not in output
+
+
+def test_snakefmt_check() -> None:
+    result = subprocess.run([tool("snakefmt"), "--check", "Snakefile", "workflow/rules"],
+                            cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ruff_check() -> None:
+    result = subprocess.run([tool("ruff"), "check", "marseval", "tests", "benchmarks"],
+                            cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_paper_dag_builds_without_network(tmp_path: Path, workflow_env: dict[str, str]) -> None:
+    netlog = tmp_path / "connections.log"
+    env = dict(workflow_env, MARSEVAL_NETLOG=str(netlog),
+               PYTHONPATH=f"{SUPPORT}{os.pathsep}{workflow_env['PYTHONPATH']}")
+    result = snakemake(["-n", "--configfile", str(REPO / "config/paper.yaml"), "-d",
+                        str(tmp_path)], env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not netlog.exists(), netlog.read_text()
+    counts = job_counts(result.stdout + result.stderr)
+    # 20 Mars-Bench + 3 MarsRetrieval datasets, each downloaded and standardized once
+    assert counts == {"download": 23, "standardize": 23, "all": 1, "total": 47}
+    assert "resources/raw/huggingface/mb-s5mars" in result.stdout + result.stderr
+
+
+def test_unknown_config_key_stops_the_workflow(workflow_env: dict[str, str],
+                                               tmp_path: Path) -> None:
+    result = snakemake(["-n", "-d", str(tmp_path), "--configfile",
+                        str(REPO / "config/config.yaml"), "--config", "sourse=zenodo"],
+                       workflow_env)
+    assert result.returncode != 0
+    assert "'sourse' was unexpected" in result.stdout + result.stderr
+
+
+def test_embedded_default_runs_end_to_end(tmp_path: Path, workflow_env: dict[str, str]) -> None:
+    netlog = tmp_path / "connections.log"
+    env = dict(workflow_env, MARSEVAL_NETLOG=str(netlog),
+               PYTHONPATH=f"{SUPPORT}{os.pathsep}{workflow_env['PYTHONPATH']}")
+    args = ["--cores", "2", "-d", str(tmp_path), "--configfile",
+            str(REPO / "config/config.yaml")]
+    result = snakemake(args, env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Stages that come next" in result.stdout + result.stderr
+    assert not netlog.exists(), netlog.read_text()
+    import yaml
+
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    samples = config["synthetic"]["samples"]
+    for name in config["datasets"]:
+        meta = json.loads((tmp_path / "results/data" / name / "meta.json").read_text())
+        assert meta["name"] == name and meta["source"] == "synthetic"
+        if name.startswith("mb-"):
+            assert meta["splits"] == samples
+            subsets = json.loads((tmp_path / "results/data" / name / "subsets.json").read_text())
+            assert len(subsets["fraction:1.00"]) == samples["train"]
+    # nothing temporary is left behind, and a rerun has nothing to do
+    assert not list((tmp_path / "results/data").glob(".*"))
+    again = snakemake([*args, "-n"], env)
+    assert "Nothing to be done" in again.stdout + again.stderr
