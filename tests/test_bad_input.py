@@ -66,7 +66,9 @@ def out_for(tmp_path: Path, name: str) -> Path:
 def leftovers(out_dir: Path) -> list[str]:
     if not out_dir.parent.exists():
         return []
-    return sorted(p.name for p in out_dir.parent.iterdir() if p.name.startswith(f".{out_dir.name}."))
+    return sorted(
+        p.name for p in out_dir.parent.iterdir() if p.name.startswith(f".{out_dir.name}.")
+    )
 
 
 def expect_error(
@@ -369,9 +371,7 @@ def test_parquet_without_label_column(tmp_path: Path) -> None:
     path = shard(raw, "train")
     table = pq.read_table(path)
     pq.write_table(table.drop_columns(["label"]), path)
-    expect_error(
-        raw, out_for(tmp_path, CLS), CLS, split="train", fragments=[path.name, "'label'"]
-    )
+    expect_error(raw, out_for(tmp_path, CLS), CLS, split="train", fragments=[path.name, "'label'"])
 
 
 def test_unparseable_label_zenodo(tmp_path: Path) -> None:

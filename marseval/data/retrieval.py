@@ -60,8 +60,9 @@ def standardize_retrieval(raw_dir: Path, out_dir: Path, spec: DatasetSpec,
     return meta
 
 
-def _copy_image(ref: ImageRef, tmp: Path, sample_id: str, spec: DatasetSpec) -> tuple[str, Any]:
-    info = image_info(read_image(ref, spec.name, "test"))
+def _copy_image(ref: ImageRef, tmp: Path, sample_id: str, spec: DatasetSpec,
+                origin: str = "") -> tuple[str, Any]:
+    info = image_info(read_image(ref, spec.name, "test", origin))
     relative = f"images/{sample_id}{ref.suffix}"
     link_or_copy(ref, tmp / relative)
     return relative, info
@@ -116,7 +117,7 @@ def _landforms(raw_dir: Path, tmp: Path, spec: DatasetSpec) -> dict[str, Any]:
             raise DataError(spec.name, f"label {label!r} is outside the class list "
                             f"(0..{len(classes) - 1})", split="test", file=row["_where"])
         sample_id = str(row.get("image_id") or row.get("id") or f"{index:06d}")
-        image, info = _copy_image(ref, tmp, sample_id, spec)
+        image, info = _copy_image(ref, tmp, sample_id, spec, row["_where"])
         out.append({"sample_id": sample_id, "split": "test", "image": image, "label": label,
                     "width": info.width, "height": info.height})
     _unique(out, spec, first)

@@ -95,11 +95,10 @@ def standardize(
         if source != "synthetic" and spec.splits.get(split) not in (None, counts[split])
     }
     if mismatch:
-        message = f"{dataset}: split counts differ from the registry: {mismatch}"
+        message = f"split counts differ from the registry: {mismatch}"
         if strict_counts:
-            raise DataError(dataset, message)
-        log.warning(message)
-        print(f"WARNING {message}")
+            raise DataError(dataset, message, file=str(raw_dir))
+        print(f"WARNING {dataset}: {message}")
 
     train_ids = [i for i, s in zip(ids, raw.samples, strict=True) if s.split == "train"]
     known = set(train_ids)

@@ -37,9 +37,12 @@ def _decode(ref: ImageRef) -> np.ndarray:
         return np.moveaxis(src.read(), 0, -1)
 
 
-def read_image(ref: ImageRef, dataset: str, split: str) -> np.ndarray:
-    """Decoded pixels, or a DataError naming the missing or corrupt file."""
-    where = str(ref.path) if ref.path is not None else ref.name
+def read_image(ref: ImageRef, dataset: str, split: str, origin: str = "") -> np.ndarray:
+    """Decoded pixels, or a DataError naming the missing or corrupt file.
+
+    Images from parquet cells have no file of their own: `origin` (file and row) names them.
+    """
+    where = _where(ref, origin)
     if ref.path is not None and not ref.path.is_file():
         raise DataError(dataset, "image file is missing", split=split, file=where)
     try:
@@ -57,13 +60,13 @@ def image_info(pixels: np.ndarray) -> ImageInfo:
 def check_sample(sample: RawSample, dataset: str, num_classes: int | None) -> ImageInfo:
     """Validate one sample; return its image size and bands."""
     split = sample.split
-    info = image_info(read_image(sample.image, dataset, split))
+    info = image_info(read_image(sample.image, dataset, split, sample.origin))
     if sample.image_after is not None:
-        after = image_info(read_image(sample.image_after, dataset, split))
+        after = image_info(read_image(sample.image_after, dataset, split, sample.origin))
         if (after.width, after.height) != (info.width, info.height):
             raise DataError(dataset, f"after image is {after.width}x{after.height}, before "
                             f"image {sample.image.name} is {info.width}x{info.height}",
-                            split=split, file=_where(sample.image_after))
+                            split=split, file=_where(sample.image_after, sample.origin))
     if sample.label is not None:
         _check_class(sample.label, num_classes, dataset, split, sample)
     for label in sample.labels or []:
@@ -75,8 +78,10 @@ def check_sample(sample: RawSample, dataset: str, num_classes: int | None) -> Im
     return info
 
 
-def _where(ref: ImageRef) -> str:
-    return str(ref.path) if ref.path is not None else ref.name
+def _where(ref: ImageRef, origin: str = "") -> str:
+    if ref.path is not None:
+        return str(ref.path)
+    return f"{origin} ({ref.name})" if origin else ref.name
 
 
 def _check_class(label: int, num_classes: int | None, dataset: str, split: str,
@@ -90,20 +95,20 @@ def _check_class(label: int, num_classes: int | None, dataset: str, split: str,
 def _check_mask(sample: RawSample, info: ImageInfo, num_classes: int | None,
                 dataset: str) -> None:
     split, ref = sample.split, sample.mask
-    mask = read_image(ref, dataset, split)
+    mask = read_image(ref, dataset, split, sample.origin)
     if mask.ndim == 3:
         if not (mask == mask[..., :1]).all():
             raise DataError(dataset, "mask has differing colour channels; expected one class "
-                            "index per pixel", split=split, file=_where(ref))
+                            "index per pixel", split=split, file=_where(ref, sample.origin))
         mask = mask[..., 0]
     if mask.shape != (info.height, info.width):
         raise DataError(dataset, f"mask is {mask.shape[1]}x{mask.shape[0]} but its image "
                         f"{sample.image.name} is {info.width}x{info.height}", split=split,
-                        file=_where(ref))
+                        file=_where(ref, sample.origin))
     top = int(mask.max()) if mask.size else 0
     if num_classes is not None and top >= num_classes:
         raise DataError(dataset, f"mask holds class {top}, outside the class list "
-                        f"(0..{num_classes - 1})", split=split, file=_where(ref))
+                        f"(0..{num_classes - 1})", split=split, file=_where(ref, sample.origin))
 
 
 def _check_box(box: list[float], info: ImageInfo, num_classes: int | None, dataset: str,

@@ -72,7 +72,8 @@ def _read_csv(path: Path, dataset: str, required: tuple[str, ...]) -> pd.DataFra
     return frame
 
 
-def _parse_label(value: str, multilabel: bool, dataset: str, where: str) -> int | list[int]:
+def _parse_label(value: str, multilabel: bool, dataset: str, split: str,
+                 where: str) -> int | list[int]:
     try:
         parsed = ast.literal_eval(value.strip())
         if multilabel:
@@ -84,7 +85,8 @@ def _parse_label(value: str, multilabel: bool, dataset: str, where: str) -> int 
             raise ValueError("label must be an integer")
         return parsed
     except (ValueError, SyntaxError, TypeError) as exc:
-        raise DataError(dataset, f"unparseable label {value!r} ({exc})", file=where) from None
+        raise DataError(dataset, f"unparseable label {value!r} ({exc})", split=split,
+                        file=where) from None
 
 
 def _classification(root: Path, spec: DatasetSpec) -> list[RawSample]:
@@ -102,7 +104,7 @@ def _classification(root: Path, spec: DatasetSpec) -> list[RawSample]:
         folder = root / "data" / split
         feature = getattr(row, "feature_name", "")
         image = folder / feature / row.file_id if feature else folder / row.file_id
-        label = _parse_label(row.label, multilabel, spec.name, where)
+        label = _parse_label(row.label, multilabel, spec.name, split, where)
         sample = RawSample(split=split, image=ImageRef(row.file_id, path=image), origin=where)
         if multilabel:
             sample.labels = label
