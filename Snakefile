@@ -19,6 +19,9 @@ configfile: "config/config.yaml"
 validate(config, "workflow/schemas/config.schema.yaml", set_default=True)
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/bench.smk"
@@ -30,6 +33,7 @@ rule all:
     default_target: True
     input:
         standardized=STANDARDIZED,
+        data_summary=f"{RESULTS}/tables/datasets.csv",
 
 
 onsuccess:

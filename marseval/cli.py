@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--detection-format", choices=["coco", "yolo", "pascal_voc"])
     st.add_argument("--strict-counts", action="store_true",
                     help="fail when split counts differ from the registry")
+    sm = commands.add_parser("summarize-data", help="one table of standardized datasets")
+    sm.add_argument("--out", required=True, type=Path)
+    sm.add_argument("folders", nargs="+", type=Path)
     return parser
 
 
@@ -69,6 +72,11 @@ def run(args: argparse.Namespace) -> None:
         meta = standardize(args.raw, args.out, args.dataset, args.source, args.fractions,
                            args.fewshot, args.seed, args.detection_format, args.strict_counts)
         print(f"{args.dataset}: standardized {meta['splits']} into {args.out}")
+    elif args.command == "summarize-data":
+        from marseval.data.summary import write_summary
+
+        table = write_summary(args.folders, args.out)
+        print(table.to_string(index=False))
 
 
 def main(argv: list[str] | None = None) -> int:

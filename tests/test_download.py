@@ -657,3 +657,73 @@ def test_safe_extract_rejects_unknown_and_corrupt(tmp_path: Path) -> None:
         safe_extract(truncated, tmp_path / "out3")
     assert not any((tmp_path / p).exists() for p in ("out", "out2", "out3"))
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+# ------------------------------------------------------------- the download stage, end to end
+
+
+def _zip_folder(folder: Path, prefix: str) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                archive.write(path, f"{prefix}/{path.relative_to(folder)}")
+    return buffer.getvalue()
+
+
+def test_zenodo_source_downloads_resumes_and_standardizes(
+    server: FakeServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`python -m marseval download --source zenodo` on a record served from 127.0.0.1."""
+    import pandas as pd
+
+    from marseval.cli import main
+    from marseval.data.standardize import standardize
+    from marseval.data.synthetic.generate import generate_benchmark
+    from marseval.data.synthetic.writers import write_zenodo
+    from marseval.registry import get_dataset
+
+    spec = get_dataset("mb-frost_cls")
+    raw = generate_benchmark(spec, seed=0, size=32, samples={"train": 12, "val": 4, "test": 4})
+    write_zenodo(raw, spec, tmp_path / "layout")
+    archive = _zip_folder(tmp_path / "layout", "frost_classification")
+    serve_record(server, "777", {"frost_classification.zip": archive})
+    server.drop_after["/files/777/frost_classification.zip"] = len(archive) // 3
+
+    out = tmp_path / "raw" / "zenodo" / spec.name
+    args = ["download", "--dataset", spec.name, "--source", "zenodo", "--out", str(out),
+            "--options", json.dumps({"zenodo_record": "777", "zenodo_api": server.url("/api"),
+                                     "retries": 0})]
+    # first attempt: the connection drops mid-archive and no retries are allowed
+    assert main(args) == 1
+    assert "frost_classification.zip" in capsys.readouterr().err
+    assert not out.exists()
+    partial = list(tmp_path.rglob("*.zip.part"))
+    assert len(partial) == 1 and partial[0].stat().st_size == len(archive) // 3
+
+    # the rerun resumes from the partial file and publishes the raw folder
+    assert main(args) == 0
+    assert ("/files/777/frost_classification.zip", f"bytes={len(archive) // 3}-") in \
+        server.requests
+    assert not list(tmp_path.rglob("*.part"))
+
+    meta = standardize(out, tmp_path / "std", spec.name, "zenodo", [0.5, 1.0], [1])
+    assert meta["splits"] == {"train": 12, "val": 4, "test": 4}
+    frame = pd.read_parquet(tmp_path / "std" / "samples.parquet").set_index("sample_id")
+    assert {s.stem: s.label for s in raw.samples} == frame["label"].to_dict()
+
+
+def test_zenodo_checksum_mismatch_fails_the_download_stage(
+    server: FakeServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from marseval.cli import main
+
+    serve_record(server, "778", {"data.zip": make_zip({"annotation.csv": b"x"})})
+    server.corrupt.add("/files/778/data.zip")
+    out = tmp_path / "raw"
+    options = {"zenodo_record": "778", "zenodo_api": server.url("/api"), "retries": 0}
+    assert main(["download", "--dataset", "mb-frost_cls", "--source", "zenodo", "--out",
+                 str(out), "--options", json.dumps(options)]) == 1
+    error = capsys.readouterr().err
+    assert "checksum" in error and "data.zip" in error
+    assert not out.exists()

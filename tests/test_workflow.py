@@ -56,7 +56,8 @@ def test_paper_dag_builds_without_network(tmp_path: Path, workflow_env: dict[str
     assert not netlog.exists(), netlog.read_text()
     counts = job_counts(result.stdout + result.stderr)
     # 20 Mars-Bench + 3 MarsRetrieval datasets, each downloaded and standardized once
-    assert counts == {"download": 23, "standardize": 23, "all": 1, "total": 47}
+    assert counts == {"download": 23, "standardize": 23, "data_summary": 1, "all": 1,
+                      "total": 48}
     assert "resources/raw/huggingface/mb-s5mars" in result.stdout + result.stderr
 
 
@@ -90,6 +91,16 @@ def test_embedded_default_runs_end_to_end(tmp_path: Path, workflow_env: dict[str
             assert meta["splits"] == samples
             subsets = json.loads((tmp_path / "results/data" / name / "subsets.json").read_text())
             assert len(subsets["fraction:1.00"]) == samples["train"]
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "results/tables/datasets.csv")
+    assert table["dataset"].tolist() == config["datasets"]
+    bench = table[table["dataset"].str.startswith("mb-")]
+    assert (bench[["train", "val", "test"]].to_numpy() == list(samples.values())).all()
+    assert table.set_index("dataset").loc["mb-domars16k", "classes"] == 15
+    report = snakemake([*args, "--report", str(tmp_path / "report.html")], env)
+    assert report.returncode == 0, report.stdout + report.stderr
+    assert "datasets.csv" in (tmp_path / "report.html").read_text()
     # nothing temporary is left behind, and a rerun has nothing to do
     assert not list((tmp_path / "results/data").glob(".*"))
     again = snakemake([*args, "-n"], env)

@@ -41,3 +41,20 @@ rule standardize:
         " --out {output} --source {params.source} --fractions {params.fractions}"
         " --fewshot {params.fewshot} --seed {params.seed} {params.detection_format}"
         " > {log} 2>&1"
+
+
+rule data_summary:
+    input:
+        STANDARDIZED,
+    output:
+        report(
+            f"{RESULTS}/tables/datasets.csv",
+            caption="../report/datasets.rst",
+            category="Data",
+        ),
+    log:
+        f"{LOGS}/data_summary.log",
+    conda:
+        "../../envs/data.yaml"
+    shell:
+        "python -m marseval summarize-data --out {output} {input} > {log} 2>&1"
