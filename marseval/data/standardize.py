@@ -141,7 +141,7 @@ def standardize(
         "subsets": {key: len(v) for key, v in subsets.items()},
         "skipped_subsets": skipped,
         "upstream_subsets": sorted(upstream),
-        "pairs": spec.pairs,
+        "pairs": any(s.image_after is not None for s in raw.samples),
         "marseval_version": __version__,
     }
     with atomic_directory(out_dir) as tmp:
