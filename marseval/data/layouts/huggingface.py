@@ -173,14 +173,17 @@ def _match_subsets(train: list[RawSample],
                    extra: dict[str, list[RawSample]]) -> dict[str, list[str]]:
     """Upstream subset splits repeat training rows: map them back by file name, else by bytes."""
     by_name = {s.image.name: s.stem for s in train if s.split == "train"}
-    by_hash = {hashlib.sha1(s.image.read()).hexdigest(): s.stem
-               for s in train if s.split == "train"}
+    by_hash: dict[str, str] | None = None  # built only if some row's file name is unknown
     subsets = {}
     for key, rows in extra.items():
         stems = []
         for row in rows:
-            stem = by_name.get(row.image.name) or by_hash.get(
-                hashlib.sha1(row.image.read()).hexdigest())
-            stems.append(stem if stem is not None else row.stem)
+            stem = by_name.get(row.image.name)
+            if stem is None:
+                if by_hash is None:
+                    by_hash = {hashlib.sha1(s.image.read()).hexdigest(): s.stem
+                               for s in train if s.split == "train"}
+                stem = by_hash.get(hashlib.sha1(row.image.read()).hexdigest(), row.stem)
+            stems.append(stem)
         subsets[key] = stems
     return subsets
