@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,10 @@ def set_offline(offline: bool) -> None:
     if offline:
         for var in OFFLINE_VARS:
             os.environ[var] = "1"
+        # huggingface_hub reads its variable once, at import: tell an imported one too
+        constants = sys.modules.get("huggingface_hub.constants")
+        if constants is not None:
+            constants.HF_HUB_OFFLINE = True
 
 
 def download(dataset: str, source: str, out: Path, options: dict[str, Any]) -> None:
@@ -74,23 +79,47 @@ def _zenodo(spec, out: Path, options: dict[str, Any]) -> None:
 
 
 def _huggingface(spec, out: Path, options: dict[str, Any]) -> None:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    from marseval.data.download import require_online
 
     repo = options.get("huggingface") or spec.huggingface
     if not repo:
         raise MarsevalError(f"no Hugging Face repository is known for {spec.name}; set "
                             f"dataset_options.{spec.name}.huggingface")
+    # Checked here, at call time: huggingface_hub reads HF_HUB_OFFLINE only once, at import.
+    # A staging folder is by construction unfinished, so offline there is nothing to publish.
+    require_online(f"Hugging Face dataset {repo} for {spec.name} (not available offline)")
     staging = _staging(out)
+    revision = options.get("revision")
     try:
-        snapshot_download(repo_id=repo, repo_type="dataset", revision=options.get("revision"),
+        # Resolve the commit ourselves: this call fails loudly when the Hub is unreachable,
+        # where snapshot_download would fall back to returning the partial staging folder.
+        info = HfApi().dataset_info(repo, revision=revision)
+        snapshot_download(repo_id=repo, repo_type="dataset", revision=info.sha,
                           local_dir=staging)
-    except LocalEntryNotFoundError as exc:
-        raise MarsevalError(f"{spec.name}: {repo} is not available offline ({exc})") from None
-    except HfHubHTTPError as exc:
-        raise MarsevalError(f"{spec.name}: downloading {repo} failed ({exc})") from None
+    except RepositoryNotFoundError as exc:
+        raise MarsevalError(f"{spec.name}: Hugging Face dataset {repo} was not found, or is "
+                            f"private or gated (HTTP {exc.response.status_code})") from None
+    except RevisionNotFoundError:
+        raise MarsevalError(f"{spec.name}: {repo} has no revision {revision!r}") from None
+    except Exception as exc:  # HTTP/connection errors of whichever HTTP library the hub uses
+        raise MarsevalError(f"{spec.name}: downloading {repo} failed "
+                            f"({_first_line(exc.__cause__ or exc)})") from None
+    missing = sorted(s.rfilename for s in info.siblings or []
+                     if not (staging / s.rfilename).is_file())
+    if missing:
+        raise MarsevalError(f"{spec.name}: downloading {repo} left {len(missing)} file(s) "
+                            f"missing, e.g. {missing[0]}")
     shutil.rmtree(staging / ".cache", ignore_errors=True)  # hub bookkeeping, not data
     _publish(staging, out)
+
+
+def _first_line(exc: BaseException) -> str:
+    """huggingface_hub's messages run over several lines; the CLI prints one."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
 
 
 def _publish(staging: Path, out: Path) -> None:

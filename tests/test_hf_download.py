@@ -19,11 +19,12 @@ import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
+from conftest import local_http_server
 
 REPO = Path(__file__).resolve().parents[1]
 REPO_ID = "Mirali33/mb-domars16k"
@@ -264,47 +265,39 @@ def hub(hub_repo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[F
     old = {p: d for p, d in files.items() if p in PARQUETS}
     old["README.md"] = b"# an older revision\n"
     state = FakeHub(repo_id=REPO_ID, sha=SHA, commits={SHA: dict(files), OLD_SHA: old})
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _HubHandler)
-    httpd.daemon_threads = True
-    httpd.hub = state  # type: ignore[attr-defined]
-    state.port = httpd.server_address[1]
-    thread = threading.Thread(
-        target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-    )
-    thread.start()
+    with local_http_server(_HubHandler, hub=state) as port:
+        state.port = port
 
-    home = tmp_path / "hf_home"
-    _hub_env(monkeypatch, home, state.endpoint)
-    # huggingface_hub copies the environment into module constants once, at import; it may
-    # already be imported by now (another test, or this fixture earlier), so patch those copies.
-    from huggingface_hub import constants
-    from huggingface_hub.utils import _http
+        home = tmp_path / "hf_home"
+        _hub_env(monkeypatch, home, state.endpoint)
+        # huggingface_hub copies the environment into module constants once, at import; it may
+        # already be imported by now (another test, or this fixture earlier), so patch those copies.
+        from huggingface_hub import constants
+        from huggingface_hub.utils import _http
 
-    patched = {
-        "ENDPOINT": state.endpoint,
-        "HUGGINGFACE_CO_URL_TEMPLATE": state.endpoint + "/{repo_id}/resolve/{revision}/{filename}",
-        "HF_HOME": str(home),
-        "HF_HUB_CACHE": str(home / "hub"),
-        "HUGGINGFACE_HUB_CACHE": str(home / "hub"),
-        "HF_TOKEN_PATH": str(home / "token"),
-        "HF_STORED_TOKENS_PATH": str(home / "stored_tokens"),
-        "HF_HUB_OFFLINE": False,
-        "HF_HUB_DISABLE_XET": True,
-        "HF_HUB_DISABLE_TELEMETRY": True,
-        "HF_HUB_DISABLE_IMPLICIT_TOKEN": True,
-    }
-    for name, value in patched.items():
-        if hasattr(constants, name):
-            monkeypatch.setattr(constants, name, value)
-    # The shared HTTP client reads proxy settings when it is created: start from a fresh one.
-    _http.close_session()
-    try:
-        yield state
-    finally:
+        patched = {
+            "ENDPOINT": state.endpoint,
+            "HUGGINGFACE_CO_URL_TEMPLATE": state.endpoint
+            + "/{repo_id}/resolve/{revision}/{filename}",
+            "HF_HOME": str(home),
+            "HF_HUB_CACHE": str(home / "hub"),
+            "HUGGINGFACE_HUB_CACHE": str(home / "hub"),
+            "HF_TOKEN_PATH": str(home / "token"),
+            "HF_STORED_TOKENS_PATH": str(home / "stored_tokens"),
+            "HF_HUB_OFFLINE": False,
+            "HF_HUB_DISABLE_XET": True,
+            "HF_HUB_DISABLE_TELEMETRY": True,
+            "HF_HUB_DISABLE_IMPLICIT_TOKEN": True,
+        }
+        for name, value in patched.items():
+            if hasattr(constants, name):
+                monkeypatch.setattr(constants, name, value)
+        # The shared HTTP client reads proxy settings when it is created: start from a fresh one.
         _http.close_session()
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
+        try:
+            yield state
+        finally:
+            _http.close_session()
 
 
 def _staging(out: Path) -> Path:
@@ -313,6 +306,14 @@ def _staging(out: Path) -> Path:
 
 def _cli_args(out: Path, *extra: str) -> list[str]:
     return ["download", "--dataset", DATASET, "--source", "huggingface", "--out", str(out), *extra]
+
+
+def _error_line(stderr: str) -> str:
+    """The CLI's error report: one line, `error: ...`, last on stderr (log lines may precede it)."""
+    assert "error: " in stderr, stderr
+    report = stderr[stderr.index("error: ") :].strip()
+    assert "\n" not in report, f"error report spans several lines:\n{report}"
+    return report
 
 
 def _published_files(out: Path) -> dict[str, bytes]:
@@ -349,6 +350,11 @@ def test_download_then_standardize(
         assert gets.count(f"/datasets/{REPO_ID}/resolve/{SHA}/{path}") == 1, path
         assert f"/datasets/{REPO_ID}/resolve/{SHA}/{path}" in hub.paths_requested("HEAD")
     assert hub.auth_headers == []  # no user token leaked to the endpoint
+    # nothing else was contacted (no Xet token route, no telemetry)
+    assert all(
+        p in INFO_PATHS or p.startswith((f"/api/datasets/{REPO_ID}/tree/", "/datasets/"))
+        for p in gets + hub.paths_requested("HEAD")
+    ), hub.requests
 
     meta = standardize(out, tmp_path / "std", DATASET, "huggingface", [0.5, 1.0], [1])
     assert meta["splits"] == SAMPLES
@@ -386,8 +392,7 @@ def test_cli_offline_makes_no_request(
 
     out = tmp_path / "out"
     assert main(_cli_args(out, "--offline")) == 1
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err
+    err = _error_line(capsys.readouterr().err)
     assert REPO_ID in err and "offline" in err
     assert hub.requests == []
     assert not out.exists()
@@ -413,9 +418,8 @@ def test_cli_offline_subprocess_makes_no_request(hub: FakeHub, tmp_path: Path) -
     out = tmp_path / "out"
     proc = _run_cli(_cli_args(out, "--offline"), tmp_path)
     assert proc.returncode == 1, proc.stderr
-    error_lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
-    assert len(error_lines) == 1 and REPO_ID in error_lines[0], proc.stderr
-    assert "offline" in error_lines[0]
+    err = _error_line(proc.stderr)
+    assert REPO_ID in err and "offline" in err
     assert hub.requests == []
     assert not out.exists()
 
@@ -433,8 +437,7 @@ def test_cli_missing_repo(
     hub.repo_missing, hub.repo_missing_status, hub.repo_missing_code = True, status, code
     out = tmp_path / "out"
     assert main(_cli_args(out)) == 1
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err
+    err = _error_line(capsys.readouterr().err)
     assert REPO_ID in err
     assert "offline" not in err  # we are online; the repo is missing
     assert hub.paths_requested("GET")[0] in INFO_PATHS
@@ -455,8 +458,7 @@ def test_cli_file_failure_midway_then_resume(
     hub.fail_get[broken] = 500
     out = tmp_path / "out"
     assert main(_cli_args(out)) == 1
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err
+    err = _error_line(capsys.readouterr().err)
     assert REPO_ID in err and "500" in err
     assert not out.exists()
     staging = _staging(out)
@@ -508,8 +510,7 @@ def test_cli_file_head_500_fails_fast_without_publishing(
     hub.fail_head[broken] = 500
     out = tmp_path / "out"
     assert main(_cli_args(out)) == 1
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err
+    err = _error_line(capsys.readouterr().err)
     assert REPO_ID in err and "offline" not in err
     assert not out.exists()
     assert not (_staging(out) / broken).exists()
@@ -550,11 +551,11 @@ def test_cli_partial_staging_is_never_published(
     if rerun.startswith("offline"):
         # a fresh process, as the workflow runs it: huggingface_hub honours HF_HUB_OFFLINE
         proc = _run_cli(_cli_args(out, "--offline"), tmp_path)
-        rc, err = proc.returncode, proc.stderr.strip().splitlines()[-1]
+        rc, err = proc.returncode, _error_line(proc.stderr)
         assert hub.requests == []
     else:
         hub.fail_api = 503
-        rc, err = main(_cli_args(out)), capsys.readouterr().err.strip()
+        rc, err = main(_cli_args(out)), _error_line(capsys.readouterr().err)
     assert rc == 1
-    assert err.startswith("error: ") and REPO_ID in err
+    assert REPO_ID in err
     assert not out.exists()

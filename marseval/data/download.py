@@ -92,15 +92,16 @@ class _IncompleteRange(Exception):
 # --------------------------------------------------------------------------- helpers
 
 
-def _offline_var() -> str | None:
+def offline_var() -> str | None:
+    """The environment variable that forbids network access, if one is set."""
     for var in OFFLINE_ENV_VARS:
         if os.environ.get(var, "").strip().lower() in {"1", "true", "yes", "on"}:
             return var
     return None
 
 
-def _require_online(what: str) -> None:
-    var = _offline_var()
+def require_online(what: str) -> None:
+    var = offline_var()
     if var is not None:
         raise DownloadError(f"downloads are disabled ({var} is set); cannot fetch {what}")
 
@@ -251,7 +252,7 @@ def fetch_file(
             return dest
         logger.warning("%s exists but does not match %s; downloading again", dest, checksum)
 
-    _require_online(url)
+    require_online(url)
     dest.parent.mkdir(parents=True, exist_ok=True)
     own_session = session is None
     sess = session if session is not None else requests.Session()
@@ -317,7 +318,7 @@ def zenodo_record_files(
 ) -> list[dict[str, Any]]:
     """List a Zenodo record's files as dicts with ``key``, ``url``, ``checksum``, ``size``."""
     url = f"{api_base.rstrip('/')}/records/{record_id}"
-    _require_online(f"Zenodo record {record_id} ({url})")
+    require_online(f"Zenodo record {record_id} ({url})")
     sess = session if session is not None else requests.Session()
     try:
         resp = sess.get(url, timeout=timeout, headers={"Accept": "application/json"})
@@ -560,7 +561,7 @@ def download_zenodo_record(
     if marker.exists() and _marker_satisfies(marker, record_id, files, extract):
         logger.info("Zenodo record %s already complete in %s", record_id, dest)
         return dest
-    _require_online(f"Zenodo record {record_id}")
+    require_online(f"Zenodo record {record_id}")
 
     with requests.Session() as session:
         entries = zenodo_record_files(record_id, api_base=api_base, session=session)
