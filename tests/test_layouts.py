@@ -127,3 +127,18 @@ def test_upstream_partition_is_used(tmp_path: Path) -> None:
         assert meta["upstream_subsets"] == ["fewshot:5", "fraction:0.50"]
         assert "fraction:0.01" in meta["skipped_subsets"]  # floor(0.01 x 20) = 0
         assert len(subsets["fraction:0.25"]) == 5 and len(subsets["fraction:1.00"]) == 20
+
+
+def test_upstream_partition_naming_an_unknown_image_is_rejected(tmp_path: Path) -> None:
+    from marseval.errors import DataError
+
+    spec = get_dataset("mb-domars16k")
+    raw = generate_benchmark(spec, seed=3, size=32, samples=SAMPLES)
+    write_zenodo(raw, spec, tmp_path / "raw")
+    csv = tmp_path / "raw/partitions/0.50x_partition.csv"
+    frame = pd.read_csv(csv)
+    frame.loc[0, "file_id"] = "ghost.png"
+    frame.to_csv(csv, index=False)
+    with pytest.raises(DataError, match="upstream subset fraction:0.50 names 'ghost'"):
+        standardize(tmp_path / "raw", tmp_path / "out", spec.name, "synthetic", [1.0], [])
+    assert not (tmp_path / "out").exists()

@@ -101,27 +101,13 @@ def standardize(
         print(f"WARNING {dataset}: {message}")
 
     train_ids = [i for i, s in zip(ids, raw.samples, strict=True) if s.split == "train"]
-    known = set(train_ids)
-    stem_to_id = {s.stem: i for i, s in zip(ids, raw.samples, strict=True) if s.split == "train"}
-    upstream = {}
-    for key, stems in raw.subsets.items():
-        mapped = [stem_to_id.get(stem) for stem in stems]
-        if None in mapped or not set(mapped) <= known:
-            missing = stems[mapped.index(None)] if None in mapped else "?"
-            raise DataError(dataset, f"upstream subset {key} names {missing!r}, which is not a "
-                            "training sample", file=str(raw_dir))
-        upstream[key] = mapped
+    upstream = _upstream_subsets(raw, ids, dataset, raw_dir)
     classes_of = None
     if spec.task == "classification":
         classes_of = {i: (s.labels if s.labels is not None else [s.label])
                       for i, s in zip(ids, raw.samples, strict=True) if s.split == "train"}
     subsets, skipped = make_subsets(train_ids, classes_of, fractions, fewshot, seed, upstream)
-    if skipped:
-        by_reason: dict[str, list[str]] = {}
-        for key, reason in skipped.items():
-            by_reason.setdefault(reason, []).append(key)
-        print(f"{dataset}: subsets skipped: "
-              + "; ".join(f"{', '.join(keys)} ({reason})" for reason, keys in by_reason.items()))
+    _report_skipped(dataset, skipped)
 
     bands = Counter(i.bands for i in infos).most_common(1)[0][0]
     size = Counter((i.height, i.width) for i in infos).most_common(1)[0][0]
@@ -150,6 +136,31 @@ def standardize(
         atomic_write_json(tmp / "subsets.json", subsets)
         atomic_write_json(tmp / "meta.json", meta)
     return meta
+
+
+def _upstream_subsets(raw: RawDataset, ids: list[str], dataset: str,
+                      raw_dir: Path) -> dict[str, list[str]]:
+    """Upstream subsets name image stems; map them to sample ids, all of them training ones."""
+    stem_to_id = {s.stem: i for i, s in zip(ids, raw.samples, strict=True) if s.split == "train"}
+    upstream = {}
+    for key, stems in raw.subsets.items():
+        unknown = [stem for stem in stems if stem not in stem_to_id]
+        if unknown:
+            raise DataError(dataset, f"upstream subset {key} names {unknown[0]!r}, which is not "
+                            "a training sample", file=str(raw_dir))
+        upstream[key] = [stem_to_id[stem] for stem in stems]
+    return upstream
+
+
+def _report_skipped(dataset: str, skipped: dict[str, str]) -> None:
+    """One line per dataset, keys grouped by reason."""
+    if not skipped:
+        return
+    by_reason: dict[str, list[str]] = {}
+    for key, reason in skipped.items():
+        by_reason.setdefault(reason, []).append(key)
+    print(f"{dataset}: subsets skipped: "
+          + "; ".join(f"{', '.join(keys)} ({reason})" for reason, keys in by_reason.items()))
 
 
 def _write_files(tmp: Path, ids: list[str], samples: list[RawSample], infos: list,
