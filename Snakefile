@@ -34,6 +34,7 @@ rule all:
     input:
         standardized=STANDARDIZED,
         data_summary=f"{RESULTS}/tables/datasets.csv",
+        bench=BENCH_TABLES,
 
 
 onsuccess:

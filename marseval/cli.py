@@ -53,13 +53,115 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--detection-format", choices=["coco", "yolo", "pascal_voc"])
     st.add_argument("--strict-counts", action="store_true",
                     help="fail when split counts differ from the registry")
+    _bench_commands(commands)
+
     sm = commands.add_parser("summarize-data", help="one table of standardized datasets")
     sm.add_argument("--out", required=True, type=Path)
     sm.add_argument("folders", nargs="+", type=Path)
     return parser
 
 
+def _setup_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset-dir", required=True, type=Path)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--features", type=Path, help="feature cache (omit: online training)")
+    parser.add_argument("--no-pretrained", dest="pretrained", action="store_false")
+    parser.add_argument("--training-type", default="feature_extraction",
+                        choices=["feature_extraction", "transfer_learning", "scratch"])
+    parser.add_argument("--augment", action="store_true")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--selection", default="best", choices=["best", "last"],
+                        help="test the best-validation checkpoint (paper) or the last epoch")
+    parser.add_argument("--offline", action="store_true")
+
+
+def _bench_commands(commands) -> None:
+    ft = commands.add_parser("features", help="cache frozen-backbone features of a dataset")
+    ft.add_argument("--dataset-dir", required=True, type=Path)
+    ft.add_argument("--model", required=True)
+    ft.add_argument("--out", required=True, type=Path)
+    ft.add_argument("--no-pretrained", dest="pretrained", action="store_false")
+    ft.add_argument("--batch-size", type=int, default=64)
+    ft.add_argument("--device", default="auto")
+    ft.add_argument("--offline", action="store_true")
+
+    tu = commands.add_parser("tune", help="run one shard of the hyperparameter grid")
+    _setup_arguments(tu)
+    tu.add_argument("--grid", required=True, type=_json, help="JSON of the config's bench.grid")
+    tu.add_argument("--shard", required=True, type=int)
+    tu.add_argument("--shards", required=True, type=int)
+    tu.add_argument("--seed", type=int, default=0)
+    tu.add_argument("--out", required=True, type=Path)
+
+    se = commands.add_parser("select", help="pick the best trial of all shards")
+    se.add_argument("--out", required=True, type=Path)
+    se.add_argument("shards", nargs="+", type=Path)
+
+    tr = commands.add_parser("train", help="one final run: selected hyperparameters, a seed")
+    _setup_arguments(tr)
+    tr.add_argument("--best", required=True, type=Path)
+    tr.add_argument("--partition", required=True)
+    tr.add_argument("--seed", required=True, type=int)
+    tr.add_argument("--out", required=True, type=Path)
+
+    co = commands.add_parser("collect", help="run records to a table in the Mars-Bench schema")
+    co.add_argument("--out", required=True, type=Path)
+    co.add_argument("runs", nargs="*", type=Path)
+
+
+def _setup(args: argparse.Namespace):
+    from marseval.bench.classify import Setup
+
+    return Setup(dataset_dir=args.dataset_dir, model=args.model, features_dir=args.features,
+                 pretrained=args.pretrained, training_type=args.training_type,
+                 augment=args.augment, device=args.device, selection=args.selection)
+
+
+def run_bench(args: argparse.Namespace) -> None:
+    if getattr(args, "offline", False):
+        from marseval.fetch import set_offline
+
+        set_offline(True)
+    if args.command == "features":
+        from marseval.bench.classify import resolve_device
+        from marseval.bench.features import cache_features
+
+        cache_features(args.dataset_dir, args.model, args.out, pretrained=args.pretrained,
+                       batch_size=args.batch_size, device=resolve_device(args.device))
+    elif args.command == "tune":
+        from marseval.bench.grid import expand, shard
+        from marseval.bench.tune import run_shard
+
+        meta = json.loads((args.dataset_dir / "meta.json").read_text())
+        trials = shard(expand(args.grid, meta["task"], meta["subtask"]), args.shard, args.shards)
+        run_shard(_setup(args), trials, args.out, seed=args.seed)
+    elif args.command == "select":
+        from marseval.bench.tune import select_best
+
+        best = select_best(args.shards, args.out)
+        print(f"best trial {best['trial_id']}: {best['hyperparameters']} "
+              f"(validation loss {best['best_val_loss']:.4f})")
+    elif args.command == "train":
+        from marseval.bench.runs import train_run
+
+        record = train_run(_setup(args), args.best, args.partition, args.seed, args.out)
+        test = record["test"]
+        print(f"{record['dataset']} {record['model']} {args.partition} seed {args.seed}: "
+              f"test {test['metric']} = {test[test['metric']]:.4f}")
+    elif args.command == "collect":
+        from marseval.bench.collect import write_runs_table
+
+        table = write_runs_table(args.runs, args.out)
+        print(f"{len(table)} runs in {args.out}")
+
+
+BENCH_COMMANDS = {"features", "tune", "select", "train", "collect"}
+
+
 def run(args: argparse.Namespace) -> None:
+    if args.command in BENCH_COMMANDS:
+        run_bench(args)
+        return
     if args.command == "download":
         from marseval.fetch import download, set_offline
 

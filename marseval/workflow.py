@@ -84,6 +84,84 @@ def detection_format_flag(config: dict[str, Any], name: str) -> str:
     return f"--detection-format {fmt}" if fmt else ""
 
 
+def model_slug(name: str) -> str:
+    """A model name as a path component: `timm:resnet10t` -> `timm-resnet10t`."""
+    return name.replace(":", "-").replace("/", "--")
+
+
+def bench_models(config: dict[str, Any], task: str) -> dict[str, str]:
+    """Slug -> model name for the task's configured models."""
+    return {model_slug(m): m for m in config["bench"]["models"][task]}
+
+
+def uses_feature_cache(config: dict[str, Any]) -> bool:
+    """A frozen backbone without augmentation sees each image once: cache its features."""
+    bench = config["bench"]
+    return bench["training_type"] == "feature_extraction" and not bench["augment"]
+
+
+def partitions(config: dict[str, Any], task: str) -> list[str]:
+    """Final-run partitions: the full set, training-size fractions, few-shot (classification)."""
+    names = ["default"] + [f"fraction_{f:.2f}" for f in config["bench"]["partitions"]]
+    if task == "classification":
+        names += [f"fewshot_{k}" for k in config["bench"]["fewshot"]]
+    return names
+
+
+def bench_inputs(config: dict[str, Any]):
+    """Input function of tune and train: the dataset, and its feature cache where one is used."""
+    results = config["results"]
+
+    def inputs(wildcards) -> dict[str, str]:
+        found = {"data": f"{results}/data/{wildcards.dataset}"}
+        if uses_feature_cache(config):
+            found["features"] = f"{results}/features/{wildcards.dataset}/{wildcards.model}"
+        return found
+
+    return inputs
+
+
+def feature_flags(config: dict[str, Any]) -> str:
+    bench = config["bench"]
+    flags = [f"--device {bench['device']}"]
+    if not bench["pretrained"] or bench["training_type"] == "scratch":
+        flags.append("--no-pretrained")
+    if config["offline"]:
+        flags.append("--offline")
+    return " ".join(flags)
+
+
+def bench_targets(config: dict[str, Any]) -> list[str]:
+    """The runs tables of the tasks that have both models and datasets configured."""
+    return [f"{config['results']}/tables/{task}_runs.csv" for task in ("classification",)
+            if config["bench"]["models"][task] and datasets(config, task)]
+
+
+def run_records(config: dict[str, Any], task: str) -> list[str]:
+    """Every final-run record of a task: dataset x model x partition x seed."""
+    return [
+        f"{config['results']}/runs/{dataset}/{slug}/{partition}/seed{seed}.json"
+        for dataset in datasets(config, task)
+        for slug in bench_models(config, task)
+        for partition in partitions(config, task)
+        for seed in config["bench"]["seeds"]
+    ]
+
+
+def setup_flags(config: dict[str, Any]) -> str:
+    """The command-line flags of marseval.bench.classify.Setup shared by tune and train."""
+    bench = config["bench"]
+    flags = [f"--training-type {bench['training_type']}", f"--device {bench['device']}",
+             f"--selection {bench['selection']}"]
+    if not bench["pretrained"]:
+        flags.append("--no-pretrained")
+    if bench["augment"]:
+        flags.append("--augment")
+    if config["offline"]:
+        flags.append("--offline")
+    return " ".join(flags)
+
+
 def csv(values: list[Any]) -> str:
     return ",".join(str(v) for v in values)
 

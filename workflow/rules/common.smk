@@ -1,7 +1,15 @@
 # Shared names: config checks, folders and the dataset lists every stage builds on.
+import json
+
 from marseval.fetch import set_offline
 from marseval.workflow import (
     NEXT_STAGES,
+    bench_inputs,
+    bench_models,
+    bench_targets,
+    feature_flags,
+    run_records,
+    setup_flags,
     check_config,
     csv,
     datasets,
@@ -19,8 +27,18 @@ RESOURCES = config["resources"]
 LOGS = f"{RESULTS}/logs"
 DATASETS = datasets(config)
 STANDARDIZED = expand(f"{RESULTS}/data/{{dataset}}", dataset=DATASETS)
+CLASSIFICATION_MODELS = bench_models(config, "classification")
+SETUP_FLAGS = setup_flags(config)
+FEATURE_FLAGS = feature_flags(config)
+BENCH_TABLES = bench_targets(config)
+tune_inputs = bench_inputs(config)
 
 
 wildcard_constraints:
     dataset=r"(mb|mr)-[a-z0-9_]+",
     source=r"synthetic|huggingface|zenodo",
+    model=r"[A-Za-z0-9_.\-]+",
+    shard=r"\d+",
+    seed=r"\d+",
+    partition=r"default|fraction_[0-9.]+|fewshot_[0-9]+",
+    task=r"classification|segmentation|detection",

@@ -1,0 +1,94 @@
+"""Final runs: the selected hyperparameters retrained on one partition with one seed.
+
+The run record holds the test metrics of the best-validation checkpoint, the hyperparameters,
+timings (under "timing", the only part that differs between identical reruns), the device
+and the library versions.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from marseval import __version__
+from marseval.atomic import atomic_write_json
+from marseval.bench.classify import Experiment, Setup
+from marseval.bench.tune import load_best
+from marseval.errors import MarsevalError
+
+DEFAULT_PARTITION = "default"  # the full training set, Mars-Bench's "partition name"
+
+
+def partition_subset(partition: str) -> str:
+    """Our subset key for a partition name: default, fraction_0.25, fewshot_5."""
+    if partition == DEFAULT_PARTITION:
+        return "fraction:1.00"
+    kind, _, value = partition.partition("_")
+    if kind == "fraction":
+        return f"fraction:{float(value):.2f}"
+    if kind == "fewshot":
+        return f"fewshot:{int(value)}"
+    raise MarsevalError(f"unknown partition {partition!r} (default, fraction_<f>, fewshot_<k>)")
+
+
+def versions() -> dict[str, str]:
+    import torchmetrics
+    import torchvision
+
+    found = {"marseval": __version__, "python": platform.python_version(),
+             "torch": torch.__version__, "torchvision": torchvision.__version__,
+             "torchmetrics": torchmetrics.__version__}
+    try:
+        import timm
+
+        found["timm"] = timm.__version__
+    except ImportError:
+        pass
+    return found
+
+
+def train_run(setup: Setup, best: Path, partition: str, seed: int, out: Path) -> dict[str, Any]:
+    hp = load_best(best)
+    subset = partition_subset(partition)
+    experiment = Experiment(setup)
+    if subset not in experiment.subsets:
+        raise MarsevalError(f"{setup.dataset_dir}: no training subset {subset} (see its "
+                            "meta.json skipped_subsets)")
+    checkpoint = out.with_name(f".{out.stem}.ckpt")
+    start = time.perf_counter()
+    train = experiment.split("train", subset)
+    model, result = experiment.fit(hp, seed, train=train, checkpoint=checkpoint,
+                                   progress=f"{partition} seed {seed}")
+    fitted = time.perf_counter()
+    test = experiment.score(model, experiment.split("test"))
+    record = {
+        "dataset": experiment.meta["name"],
+        "model": setup.model,
+        "model_display": experiment.display_name,
+        "task": experiment.meta["task"],
+        "subtask": experiment.subtask,
+        "partition": partition,
+        "subset": subset,
+        "n_train": len(train.ids),
+        "seed": seed,
+        "training_type": setup.training_type,
+        "feature_cache": experiment.cached,
+        "augment": setup.augment,
+        "selection": setup.selection,
+        "hyperparameters": hp.__dict__,
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        "best_val_loss": result.best_val_loss,
+        "test": test,
+        "device": experiment.device,
+        "versions": versions(),
+        "timing": {"fit_seconds": fitted - start,
+                   "test_seconds": time.perf_counter() - fitted},
+    }
+    atomic_write_json(out, record)
+    checkpoint.unlink(missing_ok=True)
+    return record
