@@ -147,7 +147,7 @@ def run_bench(args: argparse.Namespace) -> None:
         record = train_run(_setup(args), args.best, args.partition, args.seed, args.out)
         test = record["test"]
         print(f"{record['dataset']} {record['model']} {args.partition} seed {args.seed}: "
-              f"test {test['metric']} = {test[test['metric']]:.4f}")
+              f"test {test['metric']} = {test['primary']:.4f}")
     elif args.command == "collect":
         from marseval.bench.collect import write_runs_table
 

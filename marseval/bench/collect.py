@@ -40,7 +40,7 @@ def collect(paths: list[Path]) -> pd.DataFrame:
         rows.append({
             "model": record["model_display"],
             "dataset": record["dataset"],
-            "test metric": test[test["metric"]],
+            "test metric": test["primary"],
             "training_type": record["training_type"],
             "seed": record["seed"],
             "partition name": partition_name(record),

@@ -1,0 +1,1 @@
+"""Classification benchmark: backbones, datasets, feature cache, training, metrics."""

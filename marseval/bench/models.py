@@ -1,0 +1,416 @@
+"""Classification backbones (the paper's five from torchvision, any timm model) and linear heads.
+
+A backbone returns a dict of pooled feature vectors, so the same heads run on live images and on
+the feature cache. InceptionV3 also returns "aux": the input of its auxiliary classifier's final
+fc (the auxiliary conv layers count as frozen backbone), which trains a second head weighted 0.4.
+
+Pretrained weights load for real: torchvision checkpoints go through torch.hub into
+`$TORCH_HOME/hub/checkpoints/`, timm ones through its hub loading; with `MARSEVAL_OFFLINE` or
+`HF_HUB_OFFLINE` set, a missing checkpoint is an error naming the file, never a download.
+Everything loads with `weights_only=True`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from torch import Tensor, nn
+
+from marseval.errors import MarsevalError
+
+TRAINING_TYPES = ("feature_extraction", "transfer_learning", "scratch")
+OFFLINE_VARS = ("MARSEVAL_OFFLINE", "HF_HUB_OFFLINE")
+
+
+@dataclass
+class Backbone:
+    """A feature extractor and the preprocessing its weights expect."""
+
+    module: nn.Module  # module(images) -> {"main": (N, D), ...}
+    feature_dims: dict[str, int]
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    display_name: str
+
+
+@dataclass(frozen=True)
+class _TorchvisionSpec:
+    weights: str  # enum member of the model's weights class
+    display_name: str
+    feature_dims: dict[str, int]
+    build_kwargs: dict
+
+
+# The weights are the ones the Mars-Bench paper used (ResNet101: IMAGENET1K_V2).
+TORCHVISION_MODELS: dict[str, _TorchvisionSpec] = {
+    "resnet101": _TorchvisionSpec("IMAGENET1K_V2", "ResNet101", {"main": 2048}, {}),
+    "squeezenet1_1": _TorchvisionSpec("IMAGENET1K_V1", "SqueezeNet1.1", {"main": 512}, {}),
+    # transform_input: the Google weights expect inputs scaled to [-1, 1]; torchvision turns
+    # ImageNet-normalised inputs into that inside the model, as its pretrained builder does.
+    "inception_v3": _TorchvisionSpec(
+        "IMAGENET1K_V1",
+        "InceptionV3",
+        {"main": 2048, "aux": 768},
+        {"aux_logits": True, "transform_input": True},
+    ),
+    "swin_v2_b": _TorchvisionSpec("IMAGENET1K_V1", "SwinV2-B", {"main": 1024}, {}),
+    "vit_l_16": _TorchvisionSpec("IMAGENET1K_V1", "ViT-L/16", {"main": 1024}, {}),
+    # not a paper model: the ResNet-50-sized backbone of the feature-cache benchmark
+    "resnet50": _TorchvisionSpec("IMAGENET1K_V2", "ResNet50", {"main": 2048}, {}),
+}
+
+
+# --------------------------------------------------------------------------- offline mode
+
+
+def offline_var() -> str | None:
+    """The environment variable that forbids network access, if one is set."""
+    for var in OFFLINE_VARS:
+        if os.environ.get(var, "").strip().lower() not in {"", "0", "false", "no", "off"}:
+            return var
+    return None
+
+
+@contextlib.contextmanager
+def _hf_offline() -> Iterator[None]:
+    """huggingface_hub reads HF_HUB_OFFLINE once, at import: switch it on for this block."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # no hub client: timm can only load from URLs, checked beforehand
+        yield
+        return
+    old = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = old
+
+
+def torch_hub_checkpoint(url: str) -> Path:
+    """Where torch.hub keeps the file of `url`: `$TORCH_HOME/hub/checkpoints/<file name>`."""
+    # torch.hub.get_dir reads TORCH_HOME at call time, so tests can point it elsewhere
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
+
+
+# --------------------------------------------------------------------------- feature modules
+
+
+class _PooledFeatures(nn.Module):
+    """A torchvision classifier whose final layer was replaced by an identity."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        return {"main": torch.flatten(self.net(images), 1)}
+
+
+class _InceptionFeatures(nn.Module):
+    """InceptionV3 trunk returning main and auxiliary pooled features in every mode.
+
+    torchvision only runs the auxiliary branch in training mode; a frozen backbone stays in
+    eval mode, so the trunk is replayed here (the same layers, in the order of
+    `Inception3._forward`) with the auxiliary branch always on.
+    """
+
+    _STEM = (
+        "Conv2d_1a_3x3",
+        "Conv2d_2a_3x3",
+        "Conv2d_2b_3x3",
+        "maxpool1",
+        "Conv2d_3b_1x1",
+        "Conv2d_4a_3x3",
+        "maxpool2",
+        "Mixed_5b",
+        "Mixed_5c",
+        "Mixed_5d",
+        "Mixed_6a",
+        "Mixed_6b",
+        "Mixed_6c",
+        "Mixed_6d",
+        "Mixed_6e",
+    )
+    _TOP = ("Mixed_7a", "Mixed_7b", "Mixed_7c", "avgpool", "dropout")
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        net = self.net
+        x = net._transform_input(images)
+        for name in self._STEM:
+            x = getattr(net, name)(x)
+        aux = net.AuxLogits(x)  # its fc is an identity: 768-d pooled features
+        for name in self._TOP:
+            x = getattr(net, name)(x)
+        return {"main": torch.flatten(x, 1), "aux": aux}
+
+
+class _TimmFeatures(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        return {"main": self.net(images)}
+
+
+# --------------------------------------------------------------------------- building
+
+
+def known_models() -> list[str]:
+    return sorted(TORCHVISION_MODELS)
+
+
+def build_backbone(name: str, pretrained: bool, init_seed: int | None = 0) -> Backbone:
+    """Build backbone `name` (a key of TORCHVISION_MODELS or `timm:<model name>`).
+
+    With `pretrained=False` the weights are random, drawn from `torch.manual_seed(init_seed)`
+    in a forked RNG, so every job (feature cache, online training) gets the same backbone and
+    the caller's RNG is untouched; `init_seed=None` draws from the caller's RNG instead.
+    """
+    if name.startswith("timm:"):
+        builder: Callable[[], Backbone] = partial(_build_timm, name[len("timm:") :], pretrained)
+    elif name in TORCHVISION_MODELS:
+        builder = partial(_build_torchvision, name, pretrained)
+    else:
+        raise MarsevalError(
+            f"unknown model {name!r}: known models are {', '.join(known_models())}; "
+            "`timm:<name>` works for any timm model (e.g. timm:resnet50)"
+        )
+    if pretrained or init_seed is None:
+        return builder()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed)
+        return builder()
+
+
+def _build_torchvision(name: str, pretrained: bool) -> Backbone:
+    from torchvision.models import get_model, get_model_weights
+
+    spec = TORCHVISION_MODELS[name]
+    weights = get_model_weights(name)[spec.weights]
+    kwargs = dict(spec.build_kwargs)
+    if name == "inception_v3":
+        # random init: torchvision's truncated-normal init; pretrained: overwritten anyway
+        kwargs["init_weights"] = not pretrained
+    net = get_model(name, weights=None, **kwargs)
+    if pretrained:
+        net.load_state_dict(_torchvision_state_dict(name, weights))
+
+    if name.startswith("resnet"):
+        net.fc = nn.Identity()
+        module: nn.Module = _PooledFeatures(net)
+    elif name == "squeezenet1_1":
+        # The paper's head is dropout + 1x1 conv + ReLU + global pooling on the feature map;
+        # here the head is a linear layer on globally pooled 512-d features instead, so that
+        # features can be cached as vectors (a 1x1 conv then pooling is the same linear map
+        # as pooling then linear, up to the ReLU before the pooling).
+        net.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+        module = _PooledFeatures(net)
+    elif name == "inception_v3":
+        net.fc = nn.Identity()
+        net.AuxLogits.fc = nn.Identity()
+        module = _InceptionFeatures(net)
+    elif name == "swin_v2_b":
+        net.head = nn.Identity()
+        module = _PooledFeatures(net)
+    elif name == "vit_l_16":
+        net.heads = nn.Identity()
+        module = _PooledFeatures(net)
+    else:  # pragma: no cover - TORCHVISION_MODELS and this switch go together
+        raise AssertionError(name)
+
+    preprocess = weights.transforms()
+    return Backbone(
+        module=module,
+        feature_dims=dict(spec.feature_dims),
+        input_size=int(preprocess.crop_size[0]),
+        mean=tuple(float(v) for v in preprocess.mean),
+        std=tuple(float(v) for v in preprocess.std),
+        display_name=spec.display_name,
+    )
+
+
+def _torchvision_state_dict(name: str, weights) -> dict[str, Tensor]:
+    path = torch_hub_checkpoint(weights.url)
+    var = offline_var()
+    if var is not None and not path.is_file():
+        raise MarsevalError(
+            f"pretrained weights of {name} ({weights}) are not cached at {path} and {var} "
+            f"forbids downloading them; fetch {weights.url} to that path or unset {var}"
+        )
+    try:
+        # weights_only=True explicitly: torch.hub.load_state_dict_from_url defaults to False
+        return weights.get_state_dict(
+            progress=False, check_hash=True, weights_only=True, map_location="cpu"
+        )
+    except Exception as exc:  # network (URLError), hash mismatch, refused pickle (weights_only)
+        raise MarsevalError(
+            f"loading pretrained weights of {name} from {weights.url} into {path} failed: {exc}"
+        ) from exc
+
+
+def _build_timm(model_name: str, pretrained: bool) -> Backbone:
+    import timm
+    from timm.data import resolve_data_config
+
+    hub_name = model_name.startswith(("hf-hub:", "hf_hub:", "local-dir:"))
+    if not model_name or not (hub_name or timm.is_model(model_name)):
+        close = difflib.get_close_matches(model_name, timm.list_models(), n=5)
+        hint = f"; close matches: {', '.join(close)}" if close else ""
+        raise MarsevalError(
+            f"unknown timm model {model_name!r} (timm {timm.__version__}){hint}; "
+            "timm.list_models('*pattern*') lists the names"
+        )
+
+    offline = offline_var() if pretrained else None
+    if offline is not None and not hub_name:
+        _check_timm_offline(model_name, offline)
+    guard = _hf_offline() if offline is not None else contextlib.nullcontext()
+    try:
+        with guard:
+            net = timm.create_model(model_name, pretrained=pretrained, num_classes=0)
+    except MarsevalError:
+        raise
+    except Exception as exc:  # hub errors come from several libraries
+        where = f" ({offline} is set: only cached weights load)" if offline else ""
+        raise MarsevalError(
+            f"building timm model {model_name!r} (pretrained={pretrained}) failed{where}: "
+            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        ) from exc
+
+    config = resolve_data_config({}, model=net)
+    _, height, width = config["input_size"]
+    if height != width:
+        raise MarsevalError(
+            f"timm model {model_name!r} expects non-square {height}x{width} "
+            "inputs; only square inputs are supported"
+        )
+    # num_classes=0 returns pre-logits features: head_hidden_size where a model has a
+    # hidden head layer (e.g. MobileNetV3), num_features otherwise
+    dim = getattr(net, "head_hidden_size", None) or net.num_features
+    return Backbone(
+        module=_TimmFeatures(net),
+        feature_dims={"main": int(dim)},
+        input_size=int(height),
+        mean=tuple(float(v) for v in config["mean"]),
+        std=tuple(float(v) for v in config["std"]),
+        display_name=model_name,
+    )
+
+
+def _check_timm_offline(model_name: str, var: str) -> None:
+    """Offline, a timm checkpoint that would come from a plain URL must already be cached."""
+    from timm.models import get_pretrained_cfg
+
+    try:
+        cfg = get_pretrained_cfg(model_name)
+    except RuntimeError as exc:  # an unknown pretrained tag
+        raise MarsevalError(f"timm model {model_name!r}: {exc}") from exc
+    if cfg is None:
+        return
+    try:
+        from timm.models._hub import has_hf_hub
+
+        hub_client = has_hf_hub()
+    except ImportError:  # a private timm helper moved: assume the hub client is there
+        hub_client = True
+    # timm prefers the Hugging Face Hub when it can (the offline switch covers that path)
+    has_hub = bool(cfg.hf_hub_id) and hub_client
+    if not has_hub and cfg.url:
+        path = torch_hub_checkpoint(cfg.url)
+        if not path.is_file():
+            raise MarsevalError(
+                f"pretrained weights of timm:{model_name} are not cached at {path} and {var} "
+                f"forbids downloading them; fetch {cfg.url} to that path or unset {var}"
+            )
+
+
+# --------------------------------------------------------------------------- classifier
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Make every parameter of `module` untrainable; returns it."""
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)
+    return module
+
+
+def make_heads(feature_dims: dict[str, int], num_outputs: int) -> nn.ModuleDict:
+    """One linear layer per feature key."""
+    return nn.ModuleDict({key: nn.Linear(dim, num_outputs) for key, dim in feature_dims.items()})
+
+
+class Classifier(nn.Module):
+    """Backbone + one linear head per feature key ("main"; "aux" for InceptionV3).
+
+    With `frozen=True` the backbone's parameters are frozen and it stays in eval mode whatever
+    `train()` is asked: its BatchNorm statistics never drift and its dropout stays off, so the
+    online path computes the same features as the cache.
+    """
+
+    def __init__(
+        self, backbone: Backbone, heads: nn.ModuleDict | int, frozen: bool = False
+    ) -> None:
+        super().__init__()
+        self.spec = backbone  # preprocessing and names; its module is registered below
+        self.backbone = backbone.module
+        self.heads = (
+            heads if isinstance(heads, nn.ModuleDict) else make_heads(backbone.feature_dims, heads)
+        )
+        self.frozen = frozen
+        if frozen:
+            freeze(self.backbone)
+            self.backbone.eval()
+
+    def train(self, mode: bool = True) -> Classifier:
+        super().train(mode)
+        if self.frozen:
+            self.backbone.eval()
+        return self
+
+    def head_forward(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Logits per head from (possibly cached float16) features."""
+        # .to() is a no-op for float32 live features, so forward == head_forward(backbone(x))
+        return {key: head(features[key].to(head.weight.dtype)) for key, head in self.heads.items()}
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        return self.head_forward(self.backbone(images))
+
+
+def build_classifier(
+    name: str, num_outputs: int, pretrained: bool, training_type: str
+) -> Classifier:
+    """A classifier for `training_type` (feature_extraction, transfer_learning, scratch).
+
+    Random-init backbones of feature_extraction/transfer_learning are the fixed-seed ones of
+    `build_backbone` (the cached features); scratch draws its init from the caller's RNG, so
+    runs with different seeds start from different backbones.
+    """
+    if training_type not in TRAINING_TYPES:
+        raise MarsevalError(
+            f"unknown training type {training_type!r}; expected one of {', '.join(TRAINING_TYPES)}"
+        )
+    if training_type == "scratch":
+        backbone = build_backbone(name, pretrained=False, init_seed=None)
+    else:
+        backbone = build_backbone(name, pretrained=pretrained)
+    return Classifier(backbone, num_outputs, frozen=training_type == "feature_extraction")
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters an optimizer should update."""
+    return [p for p in model.parameters() if p.requires_grad]
