@@ -72,6 +72,7 @@ def _setup_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--selection", default="best", choices=["best", "last"],
                         help="test the best-validation checkpoint (paper) or the last epoch")
+    parser.add_argument("--head", default="linear", choices=["linear", "batchnorm_linear"])
     parser.add_argument("--offline", action="store_true")
 
 
@@ -101,8 +102,8 @@ def _bench_commands(commands) -> None:
     _setup_arguments(tr)
     tr.add_argument("--best", required=True, type=Path)
     tr.add_argument("--partition", required=True)
-    tr.add_argument("--seed", required=True, type=int)
-    tr.add_argument("--out", required=True, type=Path)
+    tr.add_argument("--seeds", required=True, type=_ints, help="comma-separated seeds")
+    tr.add_argument("--out", required=True, type=Path, nargs="+", help="one record per seed")
 
     co = commands.add_parser("collect", help="run records to a table in the Mars-Bench schema")
     co.add_argument("--out", required=True, type=Path)
@@ -114,7 +115,8 @@ def _setup(args: argparse.Namespace):
 
     return Setup(dataset_dir=args.dataset_dir, model=args.model, features_dir=args.features,
                  pretrained=args.pretrained, training_type=args.training_type,
-                 augment=args.augment, device=args.device, selection=args.selection)
+                 augment=args.augment, device=args.device, selection=args.selection,
+                 head=args.head)
 
 
 def run_bench(args: argparse.Namespace) -> None:
@@ -142,12 +144,12 @@ def run_bench(args: argparse.Namespace) -> None:
         print(f"best trial {best['trial_id']}: {best['hyperparameters']} "
               f"(validation loss {best['best_val_loss']:.4f})")
     elif args.command == "train":
-        from marseval.bench.runs import train_run
+        from marseval.bench.runs import train_runs
 
-        record = train_run(_setup(args), args.best, args.partition, args.seed, args.out)
-        test = record["test"]
-        print(f"{record['dataset']} {record['model']} {args.partition} seed {args.seed}: "
-              f"test {test['metric']} = {test['primary']:.4f}")
+        for record in train_runs(_setup(args), args.best, args.partition, args.seeds, args.out):
+            test = record["test"]
+            print(f"{record['dataset']} {record['model']} {args.partition} seed "
+                  f"{record['seed']}: test {test['metric']} = {test['primary']:.4f}")
     elif args.command == "collect":
         from marseval.bench.collect import write_runs_table
 

@@ -152,7 +152,7 @@ def setup_flags(config: dict[str, Any]) -> str:
     """The command-line flags of marseval.bench.classify.Setup shared by tune and train."""
     bench = config["bench"]
     flags = [f"--training-type {bench['training_type']}", f"--device {bench['device']}",
-             f"--selection {bench['selection']}"]
+             f"--selection {bench['selection']}", f"--head {bench['head']}"]
     if not bench["pretrained"]:
         flags.append("--no-pretrained")
     if bench["augment"]:

@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
+
 from marseval.bench.data import ImageDataset, load_samples, split_frame, targets
 from marseval.bench.features import read_cache
 from marseval.bench.losses import classification_loss, num_outputs
 from marseval.bench.metrics import classification_metrics, primary_metric_name
+from marseval.bench.models import make_heads
 from marseval.bench.training import FitResult, HParams, evaluate, fit, seed_everything
-from torch import nn
-
-BACKBONE_SEED = 0  # random-init backbones (tests, embedded default) are the same in every job
 
 
 @dataclass(frozen=True)
@@ -36,16 +36,13 @@ class Setup:
     augment: bool = False
     device: str = "cpu"
     selection: str = "best"
+    head: str = "linear"
 
 
 def resolve_device(requested: str) -> str:
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return requested
-
-
-def make_heads(feature_dims: dict[str, int], outputs: int) -> nn.ModuleDict:
-    return nn.ModuleDict({key: nn.Linear(dim, outputs) for key, dim in feature_dims.items()})
 
 
 class Heads(nn.Module):
@@ -107,7 +104,8 @@ class Experiment:
     def _build_backbone(self):
         from marseval.bench.models import build_backbone, freeze
 
-        torch.manual_seed(BACKBONE_SEED)
+        # a random-init backbone (tests, embedded default) comes from a fixed seed inside
+        # build_backbone, so the feature cache and online training see the same one
         pretrained = self.setup.pretrained and self.setup.training_type != "scratch"
         backbone = build_backbone(self.setup.model, pretrained=pretrained)
         if self.setup.training_type == "feature_extraction":
@@ -133,7 +131,7 @@ class Experiment:
 
     def model(self, outputs: int, seed: int) -> nn.Module:
         seed_everything(seed)
-        heads = make_heads(self.feature_dims, outputs)
+        heads = make_heads(self.feature_dims, outputs, self.setup.head)
         if self.cached:
             return Heads(heads).to(self.device)
         from marseval.bench.models import Classifier

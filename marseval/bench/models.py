@@ -349,9 +349,24 @@ def freeze(module: nn.Module) -> nn.Module:
     return module
 
 
-def make_heads(feature_dims: dict[str, int], num_outputs: int) -> nn.ModuleDict:
-    """One linear layer per feature key."""
-    return nn.ModuleDict({key: nn.Linear(dim, num_outputs) for key, dim in feature_dims.items()})
+HEADS = ("linear", "batchnorm_linear")
+
+
+def make_heads(feature_dims: dict[str, int], num_outputs: int,
+               kind: str = "linear") -> nn.ModuleDict:
+    """One head per feature key: a linear layer (the paper's), or, as in MAE's linear probe,
+    a linear layer after a parameter-free BatchNorm, which makes the head indifferent to the
+    scale of the features (random-init backbones give features of tiny scale)."""
+    if kind not in HEADS:
+        raise MarsevalError(f"unknown head {kind!r}; known: {', '.join(HEADS)}")
+
+    def head(dim: int) -> nn.Module:
+        linear = nn.Linear(dim, num_outputs)
+        if kind == "linear":
+            return linear
+        return nn.Sequential(nn.BatchNorm1d(dim, affine=False), linear)
+
+    return nn.ModuleDict({key: head(dim) for key, dim in feature_dims.items()})
 
 
 class Classifier(nn.Module):

@@ -51,44 +51,52 @@ def versions() -> dict[str, str]:
     return found
 
 
-def train_run(setup: Setup, best: Path, partition: str, seed: int, out: Path) -> dict[str, Any]:
+def train_runs(setup: Setup, best: Path, partition: str, seeds: list[int],
+               outs: list[Path]) -> list[dict[str, Any]]:
+    """One run per seed, all on one partition; the data and model load once."""
+    if len(seeds) != len(outs):
+        raise MarsevalError(f"{len(seeds)} seeds but {len(outs)} output files")
     hp = load_best(best)
     subset = partition_subset(partition)
     experiment = Experiment(setup)
     if subset not in experiment.subsets:
         raise MarsevalError(f"{setup.dataset_dir}: no training subset {subset} (see its "
                             "meta.json skipped_subsets)")
-    checkpoint = out.with_name(f".{out.stem}.ckpt")
-    start = time.perf_counter()
-    train = experiment.split("train", subset)
-    model, result = experiment.fit(hp, seed, train=train, checkpoint=checkpoint,
-                                   progress=f"{partition} seed {seed}")
-    fitted = time.perf_counter()
-    test = experiment.score(model, experiment.split("test"))
-    record = {
-        "dataset": experiment.meta["name"],
-        "model": setup.model,
-        "model_display": experiment.display_name,
-        "task": experiment.meta["task"],
-        "subtask": experiment.subtask,
-        "partition": partition,
-        "subset": subset,
-        "n_train": len(train.ids),
-        "seed": seed,
-        "training_type": setup.training_type,
-        "feature_cache": experiment.cached,
-        "augment": setup.augment,
-        "selection": setup.selection,
-        "hyperparameters": hp.__dict__,
-        "best_epoch": result.best_epoch,
-        "epochs_run": result.epochs_run,
-        "best_val_loss": result.best_val_loss,
-        "test": test,
-        "device": experiment.device,
-        "versions": versions(),
-        "timing": {"fit_seconds": fitted - start,
-                   "test_seconds": time.perf_counter() - fitted},
-    }
-    atomic_write_json(out, record)
-    checkpoint.unlink(missing_ok=True)
-    return record
+    train, val, test = (experiment.split("train", subset), experiment.split("val"),
+                        experiment.split("test"))
+    records = []
+    for seed, out in zip(seeds, outs, strict=True):
+        checkpoint = out.with_name(f".{out.stem}.ckpt")
+        start = time.perf_counter()
+        model, result = experiment.fit(hp, seed, train=train, val=val, checkpoint=checkpoint,
+                                       progress=f"{partition} seed {seed}")
+        fitted = time.perf_counter()
+        record = {
+            "dataset": experiment.meta["name"],
+            "model": setup.model,
+            "model_display": experiment.display_name,
+            "task": experiment.meta["task"],
+            "subtask": experiment.subtask,
+            "partition": partition,
+            "subset": subset,
+            "n_train": len(train.ids),
+            "seed": seed,
+            "training_type": setup.training_type,
+            "feature_cache": experiment.cached,
+            "augment": setup.augment,
+            "head": setup.head,
+            "selection": setup.selection,
+            "hyperparameters": hp.__dict__,
+            "best_epoch": result.best_epoch,
+            "epochs_run": result.epochs_run,
+            "best_val_loss": result.best_val_loss,
+            "test": experiment.score(model, test),
+            "device": experiment.device,
+            "versions": versions(),
+            "timing": {"fit_seconds": fitted - start,
+                       "test_seconds": time.perf_counter() - fitted},
+        }
+        atomic_write_json(out, record)
+        checkpoint.unlink(missing_ok=True)
+        records.append(record)
+    return records

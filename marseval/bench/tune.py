@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from marseval.bench.training import HParams
 
 from marseval.atomic import atomic_write_bytes, atomic_write_json
 from marseval.bench.classify import Experiment, Setup
+from marseval.bench.training import HParams
 from marseval.errors import MarsevalError
 
 HPARAM_FIELDS = ("lr", "weight_decay", "batch_size", "optimizer", "lr_schedule", "max_epochs",

@@ -71,31 +71,65 @@ rule select:
         "python -m marseval select --out {output} {input} > {log} 2>&1"
 
 
-rule train:
-    input:
-        unpack(tune_inputs),
-        best=f"{RESULTS}/tune/{{dataset}}/{{model}}/best.json",
-    output:
-        f"{RESULTS}/runs/{{dataset}}/{{model}}/{{partition}}/seed{{seed}}.json",
-    log:
-        f"{LOGS}/train/{{dataset}}/{{model}}/{{partition}}/seed{{seed}}.log",
-    conda:
-        "../../envs/torch.yaml"
-    threads: 1
-    resources:
-        gpu=1,
-        mem_mb=8000,
-        runtime=240,
-    params:
-        model=lambda wildcards: CLASSIFICATION_MODELS[wildcards.model],
-        features=lambda wildcards, input: (
-            f"--features {input.features}" if "features" in input.keys() else ""
-        ),
-        flags=SETUP_FLAGS,
-    shell:
-        "python -m marseval train --dataset-dir {input.data} --model {params.model:q}"
-        " {params.features} --best {input.best} --partition {wildcards.partition}"
-        " --seed {wildcards.seed} {params.flags} --out {output} > {log} 2>&1"
+if config["bench"]["batch_seeds"]:
+
+    rule train:
+        input:
+            unpack(tune_inputs),
+            best=f"{RESULTS}/tune/{{dataset}}/{{model}}/best.json",
+        output:
+            expand(
+                f"{RESULTS}/runs/{{{{dataset}}}}/{{{{model}}}}/{{{{partition}}}}/seed{{seed}}.json",
+                seed=config["bench"]["seeds"],
+            ),
+        log:
+            f"{LOGS}/train/{{dataset}}/{{model}}/{{partition}}/seeds.log",
+        conda:
+            "../../envs/torch.yaml"
+        threads: 1
+        resources:
+            gpu=1,
+            mem_mb=8000,
+            runtime=240,
+        params:
+            model=lambda wildcards: CLASSIFICATION_MODELS[wildcards.model],
+            features=lambda wildcards, input: (
+                f"--features {input.features}" if "features" in input.keys() else ""
+            ),
+            seeds=csv(config["bench"]["seeds"]),
+            flags=SETUP_FLAGS,
+        shell:
+            "python -m marseval train --dataset-dir {input.data} --model {params.model:q}"
+            " {params.features} --best {input.best} --partition {wildcards.partition}"
+            " --seeds {params.seeds} {params.flags} --out {output} > {log} 2>&1"
+
+else:
+
+    rule train:
+        input:
+            unpack(tune_inputs),
+            best=f"{RESULTS}/tune/{{dataset}}/{{model}}/best.json",
+        output:
+            f"{RESULTS}/runs/{{dataset}}/{{model}}/{{partition}}/seed{{seed}}.json",
+        log:
+            f"{LOGS}/train/{{dataset}}/{{model}}/{{partition}}/seed{{seed}}.log",
+        conda:
+            "../../envs/torch.yaml"
+        threads: 1
+        resources:
+            gpu=1,
+            mem_mb=8000,
+            runtime=240,
+        params:
+            model=lambda wildcards: CLASSIFICATION_MODELS[wildcards.model],
+            features=lambda wildcards, input: (
+                f"--features {input.features}" if "features" in input.keys() else ""
+            ),
+            flags=SETUP_FLAGS,
+        shell:
+            "python -m marseval train --dataset-dir {input.data} --model {params.model:q}"
+            " {params.features} --best {input.best} --partition {wildcards.partition}"
+            " --seeds {wildcards.seed} {params.flags} --out {output} > {log} 2>&1"
 
 
 rule collect:
