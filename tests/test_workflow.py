@@ -56,8 +56,12 @@ def test_paper_dag_builds_without_network(tmp_path: Path, workflow_env: dict[str
     assert not netlog.exists(), netlog.read_text()
     counts = job_counts(result.stdout + result.stderr)
     # 20 Mars-Bench + 3 MarsRetrieval datasets, each downloaded and standardized once
-    assert counts == {"download": 23, "standardize": 23, "data_summary": 1, "all": 1,
-                      "total": 48}
+    # 9 classification sets x 5 models: features, 8 tune shards, select, and
+    # 7 seeds x (1 + 7 partitions + 6 few-shot) runs; one runs table
+    pairs = 9 * 5
+    assert counts == {"download": 23, "standardize": 23, "data_summary": 1, "features": pairs,
+                      "tune": pairs * 8, "select": pairs, "train": pairs * 7 * 14,
+                      "collect": 1, "all": 1, "total": 48 + pairs * (1 + 8 + 1 + 98) + 1}
     assert "resources/raw/huggingface/mb-s5mars" in result.stdout + result.stderr
 
 
@@ -98,9 +102,19 @@ def test_embedded_default_runs_end_to_end(tmp_path: Path, workflow_env: dict[str
     bench = table[table["dataset"].str.startswith("mb-")]
     assert (bench[["train", "val", "test"]].to_numpy() == list(samples.values())).all()
     assert table.set_index("dataset").loc["mb-domars16k", "classes"] == 15
+    runs = pd.read_csv(tmp_path / "results/tables/classification_runs.csv")
+    assert list(runs.columns[:6]) == ["model", "dataset", "test metric", "training_type", "seed",
+                                      "partition name"]
+    bench = config["bench"]
+    classification = [d for d in config["datasets"] if d.endswith("_cls") or d == "mb-domars16k"]
+    partitions = 1 + len(bench["partitions"]) + len(bench["fewshot"])
+    assert len(runs) == len(classification) * partitions * len(bench["seeds"])
+    assert set(runs["partition name"]) == {"default", "0.25", "0.5", "few_shot"}
+    assert runs["test metric"].between(0, 1).all()
     report = snakemake([*args, "--report", str(tmp_path / "report.html")], env)
     assert report.returncode == 0, report.stdout + report.stderr
-    assert "datasets.csv" in (tmp_path / "report.html").read_text()
+    html = (tmp_path / "report.html").read_text()
+    assert "datasets.csv" in html and "classification_runs.csv" in html
     # nothing temporary is left behind, and a rerun has nothing to do
     assert not list((tmp_path / "results/data").glob(".*"))
     again = snakemake([*args, "-n"], env)

@@ -400,7 +400,8 @@ class Classifier(nn.Module):
     def head_forward(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
         """Logits per head from (possibly cached float16) features."""
         # .to() is a no-op for float32 live features, so forward == head_forward(backbone(x))
-        return {key: head(features[key].to(head.weight.dtype)) for key, head in self.heads.items()}
+        dtype = next(self.heads.parameters()).dtype  # float16 cache -> the heads' dtype
+        return {key: head(features[key].to(dtype)) for key, head in self.heads.items()}
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         return self.head_forward(self.backbone(images))
