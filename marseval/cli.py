@@ -73,6 +73,8 @@ def _setup_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--selection", default="best", choices=["best", "last"],
                         help="test the best-validation checkpoint (paper) or the last epoch")
     parser.add_argument("--head", default="linear", choices=["linear", "batchnorm_linear"])
+    parser.add_argument("--num-workers", type=int, default=0,
+                        help="image-decoding processes when training online")
     parser.add_argument("--offline", action="store_true")
 
 
@@ -116,7 +118,7 @@ def _setup(args: argparse.Namespace):
     return Setup(dataset_dir=args.dataset_dir, model=args.model, features_dir=args.features,
                  pretrained=args.pretrained, training_type=args.training_type,
                  augment=args.augment, device=args.device, selection=args.selection,
-                 head=args.head)
+                 head=args.head, num_workers=args.num_workers)
 
 
 def run_bench(args: argparse.Namespace) -> None:

@@ -152,7 +152,8 @@ def setup_flags(config: dict[str, Any]) -> str:
     """The command-line flags of marseval.bench.classify.Setup shared by tune and train."""
     bench = config["bench"]
     flags = [f"--training-type {bench['training_type']}", f"--device {bench['device']}",
-             f"--selection {bench['selection']}", f"--head {bench['head']}"]
+             f"--selection {bench['selection']}", f"--head {bench['head']}",
+             f"--num-workers {bench['num_workers']}"]
     if not bench["pretrained"]:
         flags.append("--no-pretrained")
     if bench["augment"]:

@@ -37,6 +37,7 @@ class Setup:
     device: str = "cpu"
     selection: str = "best"
     head: str = "linear"
+    num_workers: int = 0  # image-decoding processes of the online path
 
 
 def resolve_device(requested: str) -> str:
@@ -64,6 +65,7 @@ class Split:
     targets: torch.Tensor
     features: dict[str, torch.Tensor] | None = None  # cached path
     images: ImageDataset | None = None  # online path
+    num_workers: int = 0
 
     def batches(self, batch_size: int, shuffle_seed: int | None) -> Iterator[Any]:
         n = len(self.ids)
@@ -71,14 +73,15 @@ class Split:
             order = torch.arange(n)
         else:
             order = torch.randperm(n, generator=torch.Generator().manual_seed(shuffle_seed))
+        if self.features is None:
+            # the same order as the cached path, decoded by DataLoader workers
+            yield from torch.utils.data.DataLoader(
+                self.images, batch_size=batch_size, sampler=order.tolist(),
+                num_workers=self.num_workers, pin_memory=torch.cuda.is_available())
+            return
         for start in range(0, n, batch_size):
             index = order[start:start + batch_size]
-            if self.features is not None:
-                yield {k: v[index] for k, v in self.features.items()}, self.targets[index]
-            else:
-                items = [self.images[int(i)] for i in index]
-                yield torch.stack([x for x, _ in items]), torch.stack(
-                    [torch.as_tensor(y) for _, y in items])
+            yield {k: v[index] for k, v in self.features.items()}, self.targets[index]
 
 
 class Experiment:
@@ -127,7 +130,8 @@ class Experiment:
         augment = self.setup.augment and name == "train"
         images = ImageDataset(self.setup.dataset_dir, rows, self.meta, b.input_size, b.mean,
                               b.std, augment=augment)
-        return Split(list(rows["sample_id"]), y, images=images)
+        return Split(list(rows["sample_id"]), y, images=images,
+                     num_workers=self.setup.num_workers)
 
     def model(self, outputs: int, seed: int) -> nn.Module:
         seed_everything(seed)
