@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from marseval import __version__
-from marseval.atomic import atomic_directory, atomic_write_json
+from marseval.atomic import atomic_directory, atomic_write_json, atomic_writer
 from marseval.bench.data import SPLITS, ImageDataset, load_samples, split_frame
 from marseval.bench.models import Backbone, build_backbone
 from marseval.errors import MarsevalError
@@ -83,17 +81,8 @@ def extract(
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
     """np.save through a temporary file in the same folder, then rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, array, allow_pickle=False)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_writer(path) as handle:
+        np.save(handle, array, allow_pickle=False)
 
 
 def write_cache(out_dir: Path, split: str, ids: list[str], features: dict[str, np.ndarray]) -> None:
