@@ -49,7 +49,7 @@ def test_every_rule_names_an_existing_env() -> None:
     rules = sorted((REPO / "workflow/rules").glob("*.smk"))
     for path in rules:
         text = path.read_text()
-        count = len(re.findall(r"^rule \w+:", text, re.M))
+        count = len(re.findall(r"^\s*rule \w+:", text, re.M))
         envs = re.findall(r'conda:\n\s+"([^"]+)"', text)
         assert len(envs) == count, f"{path.name}: {count} rules but {len(envs)} conda envs"
         for env in envs:

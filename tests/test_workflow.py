@@ -106,7 +106,10 @@ def test_embedded_default_runs_end_to_end(tmp_path: Path, workflow_env: dict[str
     assert list(runs.columns[:6]) == ["model", "dataset", "test metric", "training_type", "seed",
                                       "partition name"]
     bench = config["bench"]
-    classification = [d for d in config["datasets"] if d.endswith("_cls") or d == "mb-domars16k"]
+    from marseval.registry import get_dataset
+
+    classification = [d for d in config["datasets"]
+                      if get_dataset(d).task == "classification"]
     partitions = 1 + len(bench["partitions"]) + len(bench["fewshot"])
     assert len(runs) == len(classification) * partitions * len(bench["seeds"])
     assert set(runs["partition name"]) == {"default", "0.25", "0.5", "few_shot"}
