@@ -168,8 +168,10 @@ def csv(values: list[Any]) -> str:
 
 
 NEXT_STAGES = """\
-Data stage complete: every configured dataset is standardized under {results}/data/.
+Done: every configured dataset is standardized under {results}/data/, and the Mars-Bench
+classification runs (feature cache, grid search, selection, 7 seeds, partitions, few-shot)
+are collected in {results}/tables/classification_runs.csv.
 Stages that come next (added by later issues):
-  Mars-Bench:    features -> tune (grid shards) -> select -> train (7 seeds, partitions,
-                 few-shot) -> collect -> report (normalise, IQM, bootstrap, figures)
+  Mars-Bench:    segmentation and detection training -> report (normalise, IQM,
+                 bootstrap, figures, tables)
   MarsRetrieval: embed (shards) -> index -> queries -> evaluate -> tables and maps"""
