@@ -14,16 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from marseval.atomic import atomic_directory
+from marseval.data.download import OFFLINE_ENV_VARS
 from marseval.errors import MarsevalError
 from marseval.registry import get_dataset
-
-OFFLINE_VARS = ("MARSEVAL_OFFLINE", "HF_HUB_OFFLINE")
 
 
 def set_offline(offline: bool) -> None:
     """Offline mode for our downloads and for every hub client (huggingface_hub, timm...)."""
     if offline:
-        for var in OFFLINE_VARS:
+        for var in OFFLINE_ENV_VARS:
             os.environ[var] = "1"
         # huggingface_hub reads its variable once, at import: tell an imported one too
         constants = sys.modules.get("huggingface_hub.constants")

@@ -24,10 +24,10 @@ from urllib.parse import urlparse
 import torch
 from torch import Tensor, nn
 
+from marseval.data.download import OFFLINE_ENV_VARS
 from marseval.errors import MarsevalError
 
 TRAINING_TYPES = ("feature_extraction", "transfer_learning", "scratch")
-OFFLINE_VARS = ("MARSEVAL_OFFLINE", "HF_HUB_OFFLINE")
 
 
 @dataclass
@@ -74,7 +74,7 @@ TORCHVISION_MODELS: dict[str, _TorchvisionSpec] = {
 
 def offline_var() -> str | None:
     """The environment variable that forbids network access, if one is set."""
-    for var in OFFLINE_VARS:
+    for var in OFFLINE_ENV_VARS:
         if os.environ.get(var, "").strip().lower() not in {"", "0", "false", "no", "off"}:
             return var
     return None
