@@ -46,7 +46,8 @@ def run_mode(mode: str, data: Path, work: Path, epochs: int) -> dict:
     """One mode in this process: (extract +) fit one trial + score; peak RSS at the end."""
     import torch
 
-    from marseval.bench.classify import Experiment, Setup
+    from marseval.bench.classify import ClassificationExperiment as Experiment
+from marseval.bench.experiment import Setup
     from marseval.bench.features import cache_features
     from marseval.bench.training import HParams
 

@@ -75,6 +75,12 @@ def _setup_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--head", default="linear", choices=["linear", "batchnorm_linear"])
     parser.add_argument("--num-workers", type=int, default=0,
                         help="image-decoding processes when training online")
+    parser.add_argument("--input-size", type=int, default=None,
+                        help="segmentation/detection input side in pixels (default: the model's)")
+    parser.add_argument("--score-resolution", default="input", choices=["input", "native"],
+                        help="segmentation: score at the model input size (paper) or native")
+    parser.add_argument("--drop-empty", action="store_true",
+                        help="detection: drop images without boxes, as the reference code does")
     parser.add_argument("--offline", action="store_true")
 
 
@@ -113,12 +119,13 @@ def _bench_commands(commands) -> None:
 
 
 def _setup(args: argparse.Namespace):
-    from marseval.bench.classify import Setup
+    from marseval.bench.experiment import Setup
 
     return Setup(dataset_dir=args.dataset_dir, model=args.model, features_dir=args.features,
                  pretrained=args.pretrained, training_type=args.training_type,
                  augment=args.augment, device=args.device, selection=args.selection,
-                 head=args.head, num_workers=args.num_workers)
+                 head=args.head, num_workers=args.num_workers, input_size=args.input_size,
+                 score_resolution=args.score_resolution, drop_empty=args.drop_empty)
 
 
 def run_bench(args: argparse.Namespace) -> None:
@@ -127,7 +134,7 @@ def run_bench(args: argparse.Namespace) -> None:
 
         set_offline(True)
     if args.command == "features":
-        from marseval.bench.classify import resolve_device
+        from marseval.bench.experiment import resolve_device
         from marseval.bench.features import cache_features
 
         cache_features(args.dataset_dir, args.model, args.out, pretrained=args.pretrained,

@@ -89,15 +89,32 @@ def model_slug(name: str) -> str:
     return name.replace(":", "-").replace("/", "--")
 
 
-def bench_models(config: dict[str, Any], task: str) -> dict[str, str]:
-    """Slug -> model name for the task's configured models."""
-    return {model_slug(m): m for m in config["bench"]["models"][task]}
+BENCH_TASKS = ("classification", "segmentation", "detection")
 
 
-def uses_feature_cache(config: dict[str, Any]) -> bool:
-    """A frozen backbone without augmentation sees each image once: cache its features."""
+def bench_models(config: dict[str, Any], task: str | None = None) -> dict[str, str]:
+    """Slug -> model name for one task's configured models, or all tasks' together."""
+    tasks = BENCH_TASKS if task is None else (task,)
+    return {model_slug(m): m for t in tasks for m in config["bench"]["models"][t]}
+
+
+def task_of(dataset: str) -> str:
+    return get_dataset(dataset).task
+
+
+def uses_feature_cache(config: dict[str, Any], task: str = "classification") -> bool:
+    """A frozen backbone without augmentation sees each image once: cache its features.
+
+    Classification only: a segmentation decoder reads multi-scale encoder maps, too large to
+    cache, and detectors train parts of their trunk-adjacent necks."""
     bench = config["bench"]
-    return bench["training_type"] == "feature_extraction" and not bench["augment"]
+    return (task == "classification" and bench["training_type"] == "feature_extraction"
+            and not bench["augment"])
+
+
+def task_grid(config: dict[str, Any], task: str) -> dict[str, Any]:
+    """The grid of a task: `bench.grid` with the task's `bench.grid_overrides` applied."""
+    return {**config["bench"]["grid"], **config["bench"]["grid_overrides"].get(task, {})}
 
 
 def partitions(config: dict[str, Any], task: str) -> list[str]:
@@ -114,7 +131,7 @@ def bench_inputs(config: dict[str, Any]):
 
     def inputs(wildcards) -> dict[str, str]:
         found = {"data": f"{results}/data/{wildcards.dataset}"}
-        if uses_feature_cache(config):
+        if uses_feature_cache(config, task_of(wildcards.dataset)):
             found["features"] = f"{results}/features/{wildcards.dataset}/{wildcards.model}"
         return found
 
@@ -133,7 +150,7 @@ def feature_flags(config: dict[str, Any]) -> str:
 
 def bench_targets(config: dict[str, Any]) -> list[str]:
     """The runs tables of the tasks that have both models and datasets configured."""
-    return [f"{config['results']}/tables/{task}_runs.csv" for task in ("classification",)
+    return [f"{config['results']}/tables/{task}_runs.csv" for task in BENCH_TASKS
             if config["bench"]["models"][task] and datasets(config, task)]
 
 
@@ -148,12 +165,21 @@ def run_records(config: dict[str, Any], task: str) -> list[str]:
     ]
 
 
-def setup_flags(config: dict[str, Any]) -> str:
-    """The command-line flags of marseval.bench.classify.Setup shared by tune and train."""
+def setup_flags(config: dict[str, Any], task: str) -> str:
+    """The command-line flags of marseval.bench.experiment.Setup shared by tune and train."""
     bench = config["bench"]
     flags = [f"--training-type {bench['training_type']}", f"--device {bench['device']}",
-             f"--selection {bench['selection']}", f"--head {bench['head']}",
-             f"--num-workers {bench['num_workers']}"]
+             f"--selection {bench['selection']}", f"--num-workers {bench['num_workers']}"]
+    if task == "classification":
+        flags.append(f"--head {bench['head']}")
+    else:
+        size = bench["input_size"].get(task)
+        if size is not None:
+            flags.append(f"--input-size {size}")
+    if task == "segmentation":
+        flags.append(f"--score-resolution {bench['score_resolution']}")
+    if task == "detection" and bench["drop_empty_images"]:
+        flags.append("--drop-empty")
     if not bench["pretrained"]:
         flags.append("--no-pretrained")
     if bench["augment"]:
@@ -169,9 +195,8 @@ def csv(values: list[Any]) -> str:
 
 NEXT_STAGES = """\
 Done: every configured dataset is standardized under {results}/data/, and the Mars-Bench
-classification runs (feature cache, grid search, selection, 7 seeds, partitions, few-shot)
-are collected in {results}/tables/classification_runs.csv.
+runs (grid search, selection, 7 seeds, partitions; few-shot for classification) are
+collected in {results}/tables/{{classification,segmentation,detection}}_runs.csv.
 Stages that come next (added by later issues):
-  Mars-Bench:    segmentation and detection training -> report (normalise, IQM,
-                 bootstrap, figures, tables)
+  Mars-Bench:    report (normalise, IQM, bootstrap, figures, tables)
   MarsRetrieval: embed (shards) -> index -> queries -> evaluate -> tables and maps"""

@@ -23,7 +23,7 @@ def pyproject_pins() -> dict[str, str]:
 
 
 def test_the_five_rule_families_have_envs() -> None:
-    assert [p.stem for p in ENVS] == ["data", "detect", "report", "retrieval", "torch"]
+    assert [p.stem for p in ENVS] == ["data", "report", "retrieval", "torch"]
 
 
 def test_torch_pins_are_exact() -> None:

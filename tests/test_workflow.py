@@ -55,13 +55,18 @@ def test_paper_dag_builds_without_network(tmp_path: Path, workflow_env: dict[str
     assert result.returncode == 0, result.stdout + result.stderr
     assert not netlog.exists(), netlog.read_text()
     counts = job_counts(result.stdout + result.stderr)
-    # 20 Mars-Bench + 3 MarsRetrieval datasets, each downloaded and standardized once
+    # 20 Mars-Bench + 3 MarsRetrieval datasets, each downloaded and standardized once.
     # 9 classification sets x 5 models: features, 8 tune shards, select, and
-    # 7 seeds x (1 + 7 partitions + 6 few-shot) runs; one runs table
-    pairs = 9 * 5
-    assert counts == {"download": 23, "standardize": 23, "data_summary": 1, "features": pairs,
-                      "tune": pairs * 8, "select": pairs, "train": pairs * 7 * 14,
-                      "collect": 1, "all": 1, "total": 48 + pairs * (1 + 8 + 1 + 98) + 1}
+    # 7 seeds x (1 + 7 partitions + 6 few-shot) runs. 8 segmentation sets x 4 models and
+    # 3 detection sets x 4 models: no features, 8 tune shards, select, 7 seeds x (1 + 7
+    # partitions) runs. One runs table per task.
+    classification, dense = 9 * 5, 8 * 4 + 3 * 4
+    pairs = classification + dense
+    train = classification * 7 * 14 + dense * 7 * 8
+    assert counts == {"download": 23, "standardize": 23, "data_summary": 1,
+                      "features": classification, "tune": pairs * 8, "select": pairs,
+                      "train": train, "collect": 3, "all": 1,
+                      "total": 48 + classification + pairs * (8 + 1) + train + 3 + 1}
     assert "resources/raw/huggingface/mb-s5mars" in result.stdout + result.stderr
 
 
@@ -114,10 +119,18 @@ def test_embedded_default_runs_end_to_end(tmp_path: Path, workflow_env: dict[str
     assert len(runs) == len(classification) * partitions * len(bench["seeds"])
     assert set(runs["partition name"]) == {"default", "0.25", "0.5", "few_shot"}
     assert runs["test metric"].between(0, 1).all()
+    for task, metric in (("segmentation", "iou"), ("detection", "map")):
+        dense = pd.read_csv(tmp_path / f"results/tables/{task}_runs.csv")
+        names = [d for d in config["datasets"] if get_dataset(d).task == task]
+        assert len(dense) == len(names) * (1 + len(bench["partitions"])) * len(bench["seeds"])
+        assert set(dense["metric"]) == {metric}
+        assert set(dense["partition name"]) == {"default", "0.25", "0.5"}
+        assert dense["test metric"].between(0, 1).all()
     report = snakemake([*args, "--report", str(tmp_path / "report.html")], env)
     assert report.returncode == 0, report.stdout + report.stderr
     html = (tmp_path / "report.html").read_text()
-    assert "datasets.csv" in html and "classification_runs.csv" in html
+    assert "datasets.csv" in html and all(f"{task}_runs.csv" in html for task in
+                                          ("classification", "segmentation", "detection"))
     # nothing temporary is left behind, and a rerun has nothing to do
     assert not list((tmp_path / "results/data").glob(".*"))
     again = snakemake([*args, "-n"], env)

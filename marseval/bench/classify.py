@@ -8,42 +8,20 @@ differ only by the float16 rounding of the cache.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from marseval.bench.data import ImageDataset, load_samples, split_frame, targets
+from marseval.bench.data import ImageDataset, targets
+from marseval.bench.experiment import Experiment, Setup, Split
 from marseval.bench.features import read_cache
 from marseval.bench.losses import classification_loss, num_outputs
 from marseval.bench.metrics import classification_metrics, primary_metric_name
 from marseval.bench.models import make_heads
-from marseval.bench.training import FitResult, HParams, evaluate, fit, seed_everything
-
-
-@dataclass(frozen=True)
-class Setup:
-    """What every trial and run of one (dataset, model) pair shares."""
-
-    dataset_dir: Path
-    model: str
-    features_dir: Path | None = None  # None: online through the backbone
-    pretrained: bool = True
-    training_type: str = "feature_extraction"
-    augment: bool = False
-    device: str = "cpu"
-    selection: str = "best"
-    head: str = "linear"
-    num_workers: int = 0  # image-decoding processes of the online path
-
-
-def resolve_device(requested: str) -> str:
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return requested
+from marseval.bench.training import HParams, LossFn, evaluate, seed_everything
 
 
 class Heads(nn.Module):
@@ -57,42 +35,13 @@ class Heads(nn.Module):
         return {key: head(features[key].float()) for key, head in self.heads.items()}
 
 
-@dataclass
-class Split:
-    """One split (or training subset) ready for batching."""
+class ClassificationExperiment(Experiment):
+    """A classification (dataset, model) pair, on the feature cache or online."""
 
-    ids: list[str]
-    targets: torch.Tensor
-    features: dict[str, torch.Tensor] | None = None  # cached path
-    images: ImageDataset | None = None  # online path
-    num_workers: int = 0
-
-    def batches(self, batch_size: int, shuffle_seed: int | None) -> Iterator[Any]:
-        n = len(self.ids)
-        if shuffle_seed is None:
-            order = torch.arange(n)
-        else:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(shuffle_seed))
-        if self.features is None:
-            # the same order as the cached path, decoded by DataLoader workers
-            yield from torch.utils.data.DataLoader(
-                self.images, batch_size=batch_size, sampler=order.tolist(),
-                num_workers=self.num_workers, pin_memory=torch.cuda.is_available())
-            return
-        for start in range(0, n, batch_size):
-            index = order[start:start + batch_size]
-            yield {k: v[index] for k, v in self.features.items()}, self.targets[index]
-
-
-class Experiment:
-    """A (dataset, model) pair: loads the data once, fits as many heads as asked."""
+    task = "classification"
 
     def __init__(self, setup: Setup) -> None:
-        self.setup = setup
-        self.device = resolve_device(setup.device)
-        self.meta, self.frame, self.subsets = load_samples(setup.dataset_dir)
-        self.subtask = self.meta["subtask"]
-        self.num_classes = self.meta["num_classes"]
+        super().__init__(setup)
         self.cached = setup.features_dir is not None
         self._backbone = None
         if self.cached:
@@ -116,8 +65,7 @@ class Experiment:
         return backbone
 
     def split(self, name: str, subset: str | None = None) -> Split:
-        ids = self.subsets[subset] if subset else None
-        rows = split_frame(self.frame, name, ids)
+        rows = self.rows(name, subset)
         y = targets(rows, self.meta)
         if self.cached:
             cache_ids, feats = read_cache(self.setup.features_dir, name)
@@ -133,8 +81,9 @@ class Experiment:
         return Split(list(rows["sample_id"]), y, images=images,
                      num_workers=self.setup.num_workers)
 
-    def model(self, outputs: int, seed: int) -> nn.Module:
+    def build_model(self, hp: HParams, seed: int) -> nn.Module:
         seed_everything(seed)
+        outputs = num_outputs(self.subtask, self.num_classes, hp.loss)
         heads = make_heads(self.feature_dims, outputs, self.setup.head)
         if self.cached:
             return Heads(heads).to(self.device)
@@ -143,30 +92,8 @@ class Experiment:
         return Classifier(self._backbone, heads,
                           frozen=self.setup.training_type == "feature_extraction").to(self.device)
 
-    def _step(self, model: nn.Module, batch: Any) -> tuple[Any, torch.Tensor]:
-        inputs, y = batch
-        if isinstance(inputs, dict):
-            inputs = {k: v.to(self.device) for k, v in inputs.items()}
-        else:
-            inputs = inputs.to(self.device)
-        return model(inputs), y.to(self.device)
-
-    def fit(self, hp: HParams, seed: int, subset: str | None = None,
-            checkpoint: Path | None = None, progress: str | None = None,
-            train: Split | None = None, val: Split | None = None
-            ) -> tuple[nn.Module, FitResult]:
-        train = train or self.split("train", subset)
-        val = val or self.split("val")
-        outputs = num_outputs(self.subtask, self.num_classes, hp.loss)
-        model = self.model(outputs, seed)
-        result = fit(
-            model, self._step,
-            lambda epoch: train.batches(hp.batch_size, shuffle_seed=seed * 100_003 + epoch),
-            lambda: val.batches(hp.batch_size, shuffle_seed=None),
-            classification_loss(self.subtask, hp.loss), hp,
-            checkpoint=checkpoint, selection=self.setup.selection, progress=progress)
-        model.load_state_dict(result.best_state, strict=False)
-        return model, result
+    def loss_fn(self, hp: HParams) -> LossFn:
+        return classification_loss(self.subtask, hp.loss)
 
     def score(self, model: nn.Module, split: Split, batch_size: int = 256) -> dict[str, Any]:
         outputs, y = evaluate(model, self._step, split.batches(batch_size, shuffle_seed=None))
@@ -178,6 +105,4 @@ class Experiment:
 
 
 def read_cache_meta(features_dir: Path) -> dict[str, Any]:
-    import json
-
     return json.loads((features_dir / "meta.json").read_text())

@@ -15,6 +15,12 @@ from marseval.atomic import atomic_write_text
 from marseval.errors import MarsevalError
 
 SCHEMA = ["model", "dataset", "test metric", "training_type", "seed", "partition name"]
+# Secondary test metrics of each task, as extra columns after the schema's.
+EXTRA_METRICS = {
+    "classification": ("accuracy", "macro_f1"),
+    "segmentation": ("miou", "dice", "pixel_accuracy"),
+    "detection": ("map_50", "map_75"),
+}
 
 
 def partition_name(record: dict) -> str:
@@ -47,8 +53,7 @@ def collect(paths: list[Path]) -> pd.DataFrame:
             "few_shot": few_shot,
             "metric": test["metric"],
             "model_id": record["model"],
-            "accuracy": test.get("accuracy"),
-            "macro_f1": test.get("macro_f1"),
+            **{name: test.get(name) for name in EXTRA_METRICS.get(record["task"], ())},
             "n_train": record["n_train"],
             "best_epoch": record["best_epoch"],
             "epochs_run": record["epochs_run"],

@@ -10,9 +10,12 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
+from marseval.bench.seg_losses import SEGMENTATION_LOSSES
 from marseval.errors import MarsevalError
 
 LOSSES = ("cross_entropy", "bce")
+# Detectors are trained on the sum of their own loss terms (torchvision's, ultralytics').
+DETECTION_LOSSES = ("default",)
 
 # The losses each subtask admits (Mars-Bench trains multilabel heads with BCE only).
 _ALLOWED = {
@@ -82,3 +85,7 @@ def classification_loss(subtask: str, loss: str) -> Callable[[Tensor, Tensor], T
     if loss == "cross_entropy":
         return _CrossEntropy()
     return _BinaryBCE() if subtask == "binary" else _MultilabelBCE()
+
+
+# Every name the grid's loss axes accept, for validating a hyperparameter record.
+ALL_LOSSES = tuple(dict.fromkeys((*LOSSES, *SEGMENTATION_LOSSES, *DETECTION_LOSSES)))

@@ -8,6 +8,7 @@ and the library versions.
 from __future__ import annotations
 
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import torch
 
 from marseval import __version__
 from marseval.atomic import atomic_write_json
-from marseval.bench.classify import Experiment, Setup
+from marseval.bench.experiment import Setup, open_experiment
 from marseval.bench.tune import load_best
 from marseval.errors import MarsevalError
 
@@ -42,12 +43,12 @@ def versions() -> dict[str, str]:
     found = {"marseval": __version__, "python": platform.python_version(),
              "torch": torch.__version__, "torchvision": torchvision.__version__,
              "torchmetrics": torchmetrics.__version__}
-    try:
-        import timm
-
-        found["timm"] = timm.__version__
-    except ImportError:
-        pass
+    # the model libraries this job imported (an import here would cost seconds)
+    for module, key in (("timm", "timm"), ("segmentation_models_pytorch", "smp"),
+                        ("ultralytics", "ultralytics"), ("pycocotools", "pycocotools")):
+        loaded = sys.modules.get(module)
+        if loaded is not None and hasattr(loaded, "__version__"):
+            found[key] = loaded.__version__
     return found
 
 
@@ -58,7 +59,7 @@ def train_runs(setup: Setup, best: Path, partition: str, seeds: list[int],
         raise MarsevalError(f"{len(seeds)} seeds but {len(outs)} output files")
     hp = load_best(best)
     subset = partition_subset(partition)
-    experiment = Experiment(setup)
+    experiment = open_experiment(setup)
     if subset not in experiment.subsets:
         raise MarsevalError(f"{setup.dataset_dir}: no training subset {subset} (see its "
                             "meta.json skipped_subsets)")
@@ -84,7 +85,8 @@ def train_runs(setup: Setup, best: Path, partition: str, seeds: list[int],
             "training_type": setup.training_type,
             "feature_cache": experiment.cached,
             "augment": setup.augment,
-            "head": setup.head,
+            "head": setup.head if experiment.task == "classification" else None,
+            "input_size": getattr(experiment, "input_size", None),
             "selection": setup.selection,
             "hyperparameters": hp.__dict__,
             "best_epoch": result.best_epoch,

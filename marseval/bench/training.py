@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from marseval.bench.losses import LOSSES
+from marseval.bench.losses import ALL_LOSSES
 from marseval.errors import MarsevalError
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ class HParams:
         for name, allowed in (
             ("optimizer", OPTIMIZERS),
             ("lr_schedule", SCHEDULES),
-            ("loss", LOSSES),
+            ("loss", ALL_LOSSES),
         ):
             value = getattr(self, name)
             if value not in allowed:
@@ -209,6 +209,25 @@ def training_loss(loss_fn: LossFn, outputs: Outputs, targets: Tensor) -> Tensor:
             loss = loss + AUX_LOSS_WEIGHT * loss_fn(outputs["aux"], targets)
         return loss
     return loss_fn(outputs, targets)
+
+
+def validation_loss(model: nn.Module, step: Step, batches: Iterable, loss_fn: LossFn) -> float:
+    """The sample-weighted mean of per-batch losses in eval mode (no gradients).
+
+    Per batch rather than on concatenated outputs, so segmentation logits of a whole split
+    never sit in memory at once; for mean-reduced losses the two agree."""
+    model.eval()
+    total, count = None, 0
+    with torch.no_grad():
+        for batch in batches:
+            outputs, targets = step(model, batch)
+            n = len(targets)
+            weighted = loss_fn(_main(outputs), targets).detach().double() * n
+            total = weighted if total is None else total + weighted
+            count += n
+    if total is None:
+        raise MarsevalError("validation got no batches")
+    return float(total.item()) / count
 
 
 def _collect(model: nn.Module, step: Step, batches: Iterable) -> tuple[Tensor, Tensor]:
@@ -503,9 +522,7 @@ def fit(
             epoch = state.epoch
             lr = float(optimizer.param_groups[0]["lr"])
             train_loss = _train_epoch(model, step, train_batches(epoch), loss_fn, optimizer, epoch)
-            with torch.no_grad():
-                outputs, targets = _collect(model, step, val_batches())
-                val_loss = float(loss_fn(outputs, targets).item())
+            val_loss = validation_loss(model, step, val_batches(), loss_fn)
             state.history.append(
                 {"epoch": epoch, "lr": lr, "train_loss": train_loss, "val_loss": val_loss}
             )

@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from marseval.atomic import atomic_write_bytes, atomic_write_json
-from marseval.bench.classify import Experiment, Setup
+from marseval.bench.experiment import Setup, open_experiment
 from marseval.bench.training import HParams
 from marseval.errors import MarsevalError
 
@@ -48,7 +48,7 @@ def run_shard(setup: Setup, trials: list[dict[str, Any]], out: Path, seed: int =
           f"{len(todo)} to run")
     rows = done.to_dict("records") if len(done) else []
     if todo:
-        experiment = Experiment(setup)
+        experiment = open_experiment(setup)
         train, val = experiment.split("train"), experiment.split("val")
         for number, trial in enumerate(todo, start=1):
             _, result = experiment.fit(hparams(trial), seed, train=train, val=val,

@@ -1,5 +1,6 @@
 # Mars-Bench training: feature cache, grid search in shards, selection, final runs, collection.
-# Classification runs here; segmentation and detection reuse these rules in a later issue.
+# One set of rules for classification, segmentation and detection; the dataset's task picks
+# the experiment (marseval.bench.experiment.open_experiment). Features: classification only.
 
 
 rule features:
@@ -40,14 +41,14 @@ rule tune:
         mem_mb=8000,
         runtime=240,
     params:
-        model=lambda wildcards: CLASSIFICATION_MODELS[wildcards.model],
-        grid=json.dumps(config["bench"]["grid"]),
+        model=lambda wildcards: BENCH_MODELS[wildcards.model],
+        grid=lambda wildcards: json.dumps(task_grid(config, task_of(wildcards.dataset))),
         shards=config["bench"]["grid_shards"],
         seed=config["bench"]["tune_seed"],
         features=lambda wildcards, input: (
             f"--features {input.features}" if "features" in input.keys() else ""
         ),
-        flags=SETUP_FLAGS,
+        flags=lambda wildcards: setup_flags(config, task_of(wildcards.dataset)),
     shell:
         "python -m marseval tune --dataset-dir {input.data} --model {params.model:q}"
         " {params.features} --grid {params.grid:q} --shard {wildcards.shard}"
@@ -92,12 +93,12 @@ if config["bench"]["batch_seeds"]:
             mem_mb=8000,
             runtime=240,
         params:
-            model=lambda wildcards: CLASSIFICATION_MODELS[wildcards.model],
+            model=lambda wildcards: BENCH_MODELS[wildcards.model],
             features=lambda wildcards, input: (
                 f"--features {input.features}" if "features" in input.keys() else ""
             ),
             seeds=csv(config["bench"]["seeds"]),
-            flags=SETUP_FLAGS,
+            flags=lambda wildcards: setup_flags(config, task_of(wildcards.dataset)),
         shell:
             "python -m marseval train --dataset-dir {input.data} --model {params.model:q}"
             " {params.features} --best {input.best} --partition {wildcards.partition}"
@@ -121,11 +122,11 @@ else:
             mem_mb=8000,
             runtime=240,
         params:
-            model=lambda wildcards: CLASSIFICATION_MODELS[wildcards.model],
+            model=lambda wildcards: BENCH_MODELS[wildcards.model],
             features=lambda wildcards, input: (
                 f"--features {input.features}" if "features" in input.keys() else ""
             ),
-            flags=SETUP_FLAGS,
+            flags=lambda wildcards: setup_flags(config, task_of(wildcards.dataset)),
         shell:
             "python -m marseval train --dataset-dir {input.data} --model {params.model:q}"
             " {params.features} --best {input.best} --partition {wildcards.partition}"

@@ -10,6 +10,8 @@ from marseval.workflow import (
     feature_flags,
     run_records,
     setup_flags,
+    task_grid,
+    task_of,
     check_config,
     csv,
     datasets,
@@ -28,7 +30,7 @@ LOGS = f"{RESULTS}/logs"
 DATASETS = datasets(config)
 STANDARDIZED = expand(f"{RESULTS}/data/{{dataset}}", dataset=DATASETS)
 CLASSIFICATION_MODELS = bench_models(config, "classification")
-SETUP_FLAGS = setup_flags(config)
+BENCH_MODELS = bench_models(config)
 FEATURE_FLAGS = feature_flags(config)
 BENCH_TABLES = bench_targets(config)
 tune_inputs = bench_inputs(config)

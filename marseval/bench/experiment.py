@@ -1,0 +1,179 @@
+"""What the experiments of every task share: the setup, the data, batching and seeded fitting.
+
+An experiment is one (dataset, model) pair. It loads the standardized dataset once and fits as
+many models as asked (grid trials, final runs); each task supplies how a split becomes
+batches, how a model is built for a seed, its loss and its test metrics. `open_experiment`
+picks the task from the dataset's meta.json.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from marseval.bench.data import load_samples, split_frame
+from marseval.bench.training import FitResult, HParams, LossFn, fit
+from marseval.errors import MarsevalError
+
+SCORE_RESOLUTIONS = ("input", "native")
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every trial and run of one (dataset, model) pair shares."""
+
+    dataset_dir: Path
+    model: str
+    features_dir: Path | None = None  # classification: None trains online through the backbone
+    pretrained: bool = True
+    training_type: str = "feature_extraction"
+    augment: bool = False
+    device: str = "cpu"
+    selection: str = "best"
+    head: str = "linear"  # classification head
+    num_workers: int = 0  # image-decoding processes of the online path
+    input_size: int | None = None  # segmentation/detection: None keeps the model's default
+    score_resolution: str = "input"  # segmentation: score at the model input size or native
+    drop_empty: bool = False  # detection: drop images without boxes (the reference code does)
+
+
+def resolve_device(requested: str) -> str:
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+@dataclass
+class Split:
+    """One split (or training subset) ready for batching: cached tensors or an image dataset."""
+
+    ids: list[str]
+    targets: torch.Tensor | None = None  # cached path: the targets beside `features`
+    features: dict[str, torch.Tensor] | None = None  # cached path
+    images: Dataset | None = None  # online path: (input, target) items
+    num_workers: int = 0
+    collate_fn: Callable | None = None
+
+    def batches(self, batch_size: int, shuffle_seed: int | None) -> Iterator[Any]:
+        """Batches in file order, or shuffled by `shuffle_seed` (training).
+
+        A shuffled epoch drops a trailing batch of one sample: BatchNorm layers in training
+        mode (heads, decoders, necks) cannot normalise a single value."""
+        n = len(self.ids)
+        if shuffle_seed is None:
+            order = torch.arange(n)
+        else:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(shuffle_seed))
+        groups = [order[start:start + batch_size] for start in range(0, n, batch_size)]
+        if shuffle_seed is not None and len(groups) > 1 and len(groups[-1]) == 1:
+            groups.pop()
+        if self.features is None:
+            # the same batches as the cached path, decoded by DataLoader workers
+            yield from DataLoader(
+                self.images, batch_sampler=[g.tolist() for g in groups],
+                num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
+                collate_fn=self.collate_fn)
+            return
+        for index in groups:
+            yield {k: v[index] for k, v in self.features.items()}, self.targets[index]
+
+
+def to_device(value: Any, device: str) -> Any:
+    """Tensors, and tensors inside dicts and lists, moved to `device`."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device, non_blocking=True)
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(to_device(v, device) for v in value)
+    return value
+
+
+class Experiment(ABC):
+    """A (dataset, model) pair of one task."""
+
+    task: str
+    display_name: str
+    cached: bool = False  # heads train on a feature cache (classification only)
+
+    def __init__(self, setup: Setup) -> None:
+        self.setup = setup
+        self.device = resolve_device(setup.device)
+        self.meta, self.frame, self.subsets = load_samples(setup.dataset_dir)
+        if self.meta["task"] != self.task:
+            raise MarsevalError(f"{setup.dataset_dir} is a {self.meta['task']} dataset, not "
+                                f"{self.task}")
+        self.subtask = self.meta["subtask"]
+        self.num_classes = int(self.meta["num_classes"])
+
+    def rows(self, name: str, subset: str | None = None) -> pd.DataFrame:
+        return split_frame(self.frame, name, self.subsets[subset] if subset else None)
+
+    @abstractmethod
+    def split(self, name: str, subset: str | None = None) -> Split:
+        """Split `name` (restricted to training subset `subset`) ready for batching."""
+
+    @abstractmethod
+    def build_model(self, hp: HParams, seed: int) -> nn.Module:
+        """The model to fit, its trainable part initialised from `seed`, on the device."""
+
+    @abstractmethod
+    def loss_fn(self, hp: HParams) -> LossFn:
+        """The training and validation loss `(outputs, targets) -> scalar` of `hp.loss`."""
+
+    @abstractmethod
+    def score(self, model: nn.Module, split: Split) -> dict[str, Any]:
+        """Test metrics; "metric" names the paper's metric and "primary" holds its value."""
+
+    def _step(self, model: nn.Module, batch: Any) -> tuple[Any, Any]:
+        inputs, targets = batch
+        return model(to_device(inputs, self.device)), to_device(targets, self.device)
+
+    def fit(self, hp: HParams, seed: int, subset: str | None = None,
+            checkpoint: Path | None = None, progress: str | None = None,
+            train: Split | None = None, val: Split | None = None
+            ) -> tuple[nn.Module, FitResult]:
+        train = train or self.split("train", subset)
+        val = val or self.split("val")
+        model = self.build_model(hp, seed)
+        result = fit(
+            model, self._step,
+            lambda epoch: train.batches(hp.batch_size, shuffle_seed=seed * 100_003 + epoch),
+            lambda: val.batches(hp.batch_size, shuffle_seed=None),
+            self.loss_fn(hp), hp,
+            checkpoint=checkpoint, selection=self.setup.selection, progress=progress)
+        model.load_state_dict(result.best_state, strict=False)
+        return model, result
+
+
+def dataset_task(dataset_dir: Path) -> str:
+    import json
+
+    path = Path(dataset_dir) / "meta.json"
+    try:
+        return json.loads(path.read_text())["task"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise MarsevalError(f"cannot read the task from {path}: {exc}") from None
+
+
+def open_experiment(setup: Setup) -> Experiment:
+    """The experiment of the dataset's task (classification, segmentation, detection)."""
+    task = dataset_task(setup.dataset_dir)
+    if task == "classification":
+        from marseval.bench.classify import ClassificationExperiment as kind
+    elif task == "segmentation":
+        from marseval.bench.segment import SegmentationExperiment as kind
+    elif task == "detection":
+        from marseval.bench.detect import DetectionExperiment as kind
+    else:
+        raise MarsevalError(f"{setup.dataset_dir}: task {task!r} has no Mars-Bench experiment "
+                            "(retrieval sets go through the retrieval stage)")
+    return kind(setup)
