@@ -47,7 +47,7 @@ def run_mode(mode: str, data: Path, work: Path, epochs: int) -> dict:
     import torch
 
     from marseval.bench.classify import ClassificationExperiment as Experiment
-from marseval.bench.experiment import Setup
+    from marseval.bench.experiment import Setup
     from marseval.bench.features import cache_features
     from marseval.bench.training import HParams
 

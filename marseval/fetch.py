@@ -24,6 +24,7 @@ def set_offline(offline: bool) -> None:
     if offline:
         for var in OFFLINE_ENV_VARS:
             os.environ[var] = "1"
+        os.environ["YOLO_OFFLINE"] = "1"  # ultralytics: no asset downloads, no update checks
         # huggingface_hub reads its variable once, at import: tell an imported one too
         constants = sys.modules.get("huggingface_hub.constants")
         if constants is not None:

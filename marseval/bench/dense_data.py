@@ -50,7 +50,7 @@ class _SquareImages(Dataset):
     """Rows of a standardized split as square images of side `input_size` in [0, 1]."""
 
     def __init__(self, dataset_dir: Path, frame: pd.DataFrame, input_size: int,
-                 augment: bool) -> None:
+                 augment: bool = False) -> None:
         self.dataset_dir = Path(dataset_dir)
         self.frame = frame.reset_index(drop=True)
         self.ids: list[str] = [str(i) for i in self.frame["sample_id"]]

@@ -1,5 +1,6 @@
 # Shared names: config checks, folders and the dataset lists every stage builds on.
 import json
+import os
 
 from marseval.fetch import set_offline
 from marseval.workflow import (
@@ -23,6 +24,10 @@ from marseval.workflow import (
 
 check_config(config)
 set_offline(config["offline"])
+# ultralytics writes its settings file on import: keep it with the resources, not in ~/.config
+os.environ.setdefault(
+    "YOLO_CONFIG_DIR", os.path.abspath(f"{config['resources']}/ultralytics")
+)
 
 RESULTS = config["results"]
 RESOURCES = config["resources"]
