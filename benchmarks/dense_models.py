@@ -52,6 +52,24 @@ def _median_seconds(step, repeats: int, device: str) -> float:
     return statistics.median(times)
 
 
+def training_step(model, loss_of):
+    """One AdamW step on the trainable parameters, frozen parts in eval as the loop keeps them."""
+    import torch
+
+    from marseval.bench.training import train_mode
+
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+    def train() -> None:
+        train_mode(model)
+        loss = loss_of()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return train
+
+
 def segmentation_steps(name: str, batch: int, device: str):
     import torch
 
@@ -66,29 +84,19 @@ def segmentation_steps(name: str, batch: int, device: str):
     images = torch.randn(batch, 3, size, size, device=device)
     masks = torch.randint(0, 2, (batch, size, size), device=device)
     loss_fn = segmentation_loss("cross_entropy", 2)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-
-    def train() -> None:
-        model.train()
-        model.encoder.eval()  # frozen, as the training loop keeps it
-        loss = loss_fn(model(images), masks)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
 
     def evaluate() -> None:
         model.eval()
         with torch.no_grad():
             model(images).argmax(1)
 
-    return size, train, evaluate
+    return size, training_step(model, lambda: loss_fn(model(images), masks)), evaluate
 
 
 def detection_steps(name: str, batch: int, device: str):
     import torch
 
     from marseval.bench.det_models import build_detector
-    from marseval.bench.training import _train_mode
 
     torch.manual_seed(0)
     model = build_detector(name, NUM_CLASSES["detection"], pretrained=False,
@@ -103,21 +111,13 @@ def detection_steps(name: str, batch: int, device: str):
         boxes = torch.cat([corner, corner + extent], 1).to(device)
         targets.append({"boxes": boxes, "labels": torch.zeros(8, dtype=torch.int64,
                                                              device=device)})
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-
-    def train() -> None:
-        _train_mode(model)
-        loss = model.loss(images, targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
 
     def evaluate() -> None:
         model.eval()
         with torch.no_grad():
             model.predict(images)
 
-    return size, train, evaluate
+    return size, training_step(model, lambda: model.loss(images, targets)), evaluate
 
 
 def measure(task: str, name: str, batch: int, repeats: int, device: str) -> dict:

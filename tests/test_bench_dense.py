@@ -132,6 +132,25 @@ def test_detection_trains_and_is_scored_on_native_boxes(boulders: Path, tmp_path
         experiment.fit(hparams("cross_entropy", 1), seed=0)
 
 
+def test_the_detection_pipeline_learns_the_boxes_of_a_few_images(boulders: Path) -> None:
+    # Overfitting four images through the experiment's own data, loss, predictions and COCO
+    # scoring shows the pieces fit together: boxes scaled the right way in and out, labels
+    # aligned, predictions scored against the native ground truth.
+    from marseval.bench.dense_data import collate_detection
+    from marseval.bench.experiment import Split
+
+    experiment = open_experiment(Setup(boulders, DETECTOR, pretrained=False, input_size=64,
+                                       training_type="transfer_learning"))
+    rows = experiment.rows("train")
+    rows = rows[rows["boxes"].map(len) > 0].head(4)
+    images = DetectionDataset(boulders, rows, experiment.input_size)
+    few = Split(images.ids, images=images, collate_fn=collate_detection)
+    hp = HParams(lr=0.003, weight_decay=0.0, batch_size=4, optimizer="adamw",
+                 lr_schedule="none", max_epochs=250, patience=250, loss="default")
+    model, _ = experiment.fit(hp, seed=0, train=few, val=few)
+    assert experiment.score(model, few)["map_50"] > 0.5
+
+
 def test_detection_boxes_scale_to_the_input_frame_and_back(tmp_path: Path) -> None:
     from PIL import Image
 

@@ -15,7 +15,7 @@ from torch import nn
 from marseval.bench import det_models
 from marseval.bench.det_metrics import coco_metrics
 from marseval.bench.det_models import DETECTORS, Detector, build_detector
-from marseval.bench.training import _train_mode
+from marseval.bench.training import train_mode
 from marseval.errors import MarsevalError
 
 
@@ -251,7 +251,7 @@ def test_feature_extraction_train_step_and_predict(name: str) -> None:
     assert trainable
 
     # the training loop's mode rule keeps every frozen part in eval mode
-    _train_mode(model)
+    train_mode(model)
     assert model.training
     assert all(not model.get_submodule(part).training for part in model.frozen)
 
@@ -296,7 +296,7 @@ def test_predict_and_loss_restore_modes() -> None:
     model = build_detector("yolo11n", 3, pretrained=False, training_type="feature_extraction",
                            input_size=64)
     images, targets = torch.rand(2, 3, 64, 64), _targets(64)
-    _train_mode(model)
+    train_mode(model)
     modes = {name: m.training for name, m in model.named_modules()}
     model.predict(images)  # eval for the call only
     model.loss(images, targets)  # train mode: used as it is

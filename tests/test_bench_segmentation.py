@@ -23,7 +23,7 @@ from marseval.bench.seg_models import (
     build_segmenter,
     parse_segmenter_name,
 )
-from marseval.bench.training import _train_mode
+from marseval.bench.training import train_mode
 from marseval.errors import MarsevalError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -78,7 +78,7 @@ def test_feature_extraction_trains_decoder_and_head_only(name: str) -> None:
     decoder_params = {k: p.detach().clone() for k, p in model.decoder.named_parameters()}
 
     optimizer = torch.optim.SGD(trainable_parameters(model), lr=0.1)
-    _train_mode(model)  # the training loop's model.train(): frozen children go back to eval
+    train_mode(model)  # the training loop's model.train(): frozen children go back to eval
     assert model.training and model.decoder.training and not model.encoder.training
     assert not any(m.training for m in model.encoder.modules())
     images = torch.randn(2, 3, size, size)
@@ -104,7 +104,7 @@ def test_transfer_learning_trains_the_encoder_too() -> None:
     model = build_segmenter("unet:resnet18", 2, pretrained=False,
                             training_type="transfer_learning", input_size=64).module
     assert all(p.requires_grad for p in model.parameters())
-    _train_mode(model)
+    train_mode(model)
     assert model.encoder.training
 
 

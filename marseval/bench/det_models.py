@@ -26,7 +26,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from marseval.bench.models import TRAINING_TYPES, _torchvision_state_dict, freeze, offline_var
+from marseval.bench.models import (
+    _torchvision_state_dict,
+    check_model_arguments,
+    freeze,
+    offline_var,
+)
 from marseval.errors import MarsevalError
 
 # COCO-style evaluation: keep low-confidence boxes (they count for AP), at most 100 per image
@@ -95,7 +100,7 @@ class Detector(nn.Module):
     """A detection network with `loss` and `predict` on S x S images in [0, 1].
 
     The modules named in `frozen` (qualified names) stay in eval mode whatever `train()` is
-    asked, as `training._train_mode` also ensures for fully frozen children.
+    asked, as `training.train_mode` also ensures for fully frozen children.
     """
 
     def __init__(
@@ -311,14 +316,7 @@ def build_detector(
         raise MarsevalError(
             f"unknown detector {name!r}: known detectors are {', '.join(DETECTORS)}"
         )
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise MarsevalError(
-            f"detector {name}: num_classes must be an integer >= 1, got {num_classes!r}"
-        )
-    if training_type not in TRAINING_TYPES:
-        raise MarsevalError(
-            f"unknown training type {training_type!r}; expected one of {', '.join(TRAINING_TYPES)}"
-        )
+    check_model_arguments("detector", name, num_classes, training_type)
     scratch = training_type == "scratch"
     pretrained = pretrained and not scratch
     size = _input_size(name, input_size)

@@ -339,6 +339,17 @@ def _check_timm_offline(model_name: str, var: str) -> None:
             )
 
 
+def check_model_arguments(kind: str, name: str, num_classes: int, training_type: str) -> None:
+    """The arguments every model builder shares: a known training type and >= 1 class."""
+    if training_type not in TRAINING_TYPES:
+        raise MarsevalError(
+            f"unknown training type {training_type!r}; expected one of {', '.join(TRAINING_TYPES)}"
+        )
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise MarsevalError(f"{kind} {name!r}: num_classes must be an integer >= 1, "
+                            f"got {num_classes!r}")
+
+
 # --------------------------------------------------------------------------- classifier
 
 

@@ -25,9 +25,9 @@ import torch
 from torch import nn
 
 from marseval.bench.models import (
-    TRAINING_TYPES,
     _check_timm_offline,
     _hf_offline,
+    check_model_arguments,
     freeze,
     offline_var,
 )
@@ -252,13 +252,7 @@ def build_segmenter(
     `torch.manual_seed(init_seed)` in a forked RNG, so every run seed shares it, while decoder
     and head always come from the caller's RNG (`init_seed=None`: the encoder too).
     """
-    if training_type not in TRAINING_TYPES:
-        raise MarsevalError(
-            f"unknown training type {training_type!r}; expected one of {', '.join(TRAINING_TYPES)}"
-        )
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise MarsevalError(f"segmentation model {name!r}: num_classes must be >= 1, "
-                            f"got {num_classes!r}")
+    check_model_arguments("segmentation model", name, num_classes, training_type)
     size = DEFAULT_INPUT_SIZE if input_size is None else input_size
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise MarsevalError(f"segmentation model {name!r}: input_size must be a positive "
@@ -286,7 +280,7 @@ def build_segmenter(
         # smp >= 0.6: model.train() then leaves the encoder alone as well
         if callable(getattr(module, "freeze_encoder", None)):
             module.freeze_encoder()
-        # all encoder parameters frozen: the training loop's _train_mode keeps it in eval
+        # all encoder parameters frozen: the training loop's train_mode keeps it in eval
         freeze(module.encoder)
         module.encoder.eval()
 

@@ -177,7 +177,7 @@ def load_trainable_state(model: nn.Module, state: Mapping[str, Tensor]) -> None:
         )
 
 
-def _train_mode(model: nn.Module) -> None:
+def train_mode(model: nn.Module) -> None:
     """model.train(), but fully frozen submodules (a feature-extraction backbone) stay in eval
     mode: their BatchNorm statistics must not drift and their dropout must stay off."""
     model.train()
@@ -261,7 +261,7 @@ def _train_epoch(
     epoch: int,
 ) -> float:
     """One pass over the training batches; the sample-weighted mean training loss."""
-    _train_mode(model)
+    train_mode(model)
     total, count = None, 0
     for batch in batches:
         outputs, targets = step(model, batch)
