@@ -90,7 +90,8 @@ def test_runs_table_has_the_mars_bench_schema(tmp_path: Path) -> None:
     def record(partition: str, seed: int, f1: float) -> Path:
         path = tmp_path / f"{partition}-{seed}.json"
         path.write_text(json.dumps({
-            "dataset": "mb-frost_cls", "model": "resnet101", "model_display": "ResNet101",
+            "dataset": "mb-frost_cls", "task": "classification", "model": "resnet101",
+            "model_display": "ResNet101",
             "partition": partition, "seed": seed, "training_type": "feature_extraction",
             "n_train": 10, "best_epoch": 2, "epochs_run": 5, "device": "cpu",
             "test": {"metric": "f1_positive_class", "primary": f1, "f1": f1,
@@ -105,3 +106,11 @@ def test_runs_table_has_the_mars_bench_schema(tmp_path: Path) -> None:
     assert by_partition.loc["0.1", "test metric"] == 0.25
     assert by_partition.loc["few_shot", "few_shot"] == "5"
     assert set(table["model"]) == {"ResNet101"}
+
+
+def test_a_run_record_without_a_key_is_named_in_the_error(tmp_path: Path) -> None:
+    path = tmp_path / "seed0.json"
+    path.write_text(json.dumps({"dataset": "mb-frost_cls", "partition": "default",
+                                "test": {"metric": "f1_positive_class", "primary": 0.5}}))
+    with pytest.raises(MarsevalError, match=r"seed0.json lacks the key 'model_display'"):
+        collect([path])

@@ -66,7 +66,7 @@ def test_paper_dag_builds_without_network(tmp_path: Path, workflow_env: dict[str
     assert counts == {"download": 23, "standardize": 23, "data_summary": 1,
                       "features": classification, "tune": pairs * 8, "select": pairs,
                       "train": train, "collect": 3, "all": 1,
-                      "total": 48 + classification + pairs * (8 + 1) + train + 3 + 1}
+                      "total": 47 + classification + pairs * (8 + 1) + train + 3 + 1}
     assert "resources/raw/huggingface/mb-s5mars" in result.stdout + result.stderr
 
 

@@ -40,30 +40,38 @@ def collect(paths: list[Path]) -> pd.DataFrame:
             record = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise MarsevalError(f"cannot read run record {path}: {exc}") from None
-        test = record["test"]
-        few_shot = record["partition"].split("_", 1)[1] if record["partition"].startswith(
-            "fewshot_") else ""
-        rows.append({
-            "model": record["model_display"],
-            "dataset": record["dataset"],
-            "test metric": test["primary"],
-            "training_type": record["training_type"],
-            "seed": record["seed"],
-            "partition name": partition_name(record),
-            "few_shot": few_shot,
-            "metric": test["metric"],
-            "model_id": record["model"],
-            **{name: test.get(name) for name in EXTRA_METRICS.get(record["task"], ())},
-            "n_train": record["n_train"],
-            "best_epoch": record["best_epoch"],
-            "epochs_run": record["epochs_run"],
-            "device": record["device"],
-        })
+        try:
+            rows.append(_row(record))
+        except KeyError as exc:
+            raise MarsevalError(f"run record {path} lacks the key {exc}") from None
     frame = pd.DataFrame(rows)
     if len(frame):
         frame = frame.sort_values(["dataset", "model", "partition name", "few_shot", "seed"],
                                   kind="stable").reset_index(drop=True)
     return frame
+
+
+def _row(record: dict) -> dict:
+    """One table row of a run record."""
+    test = record["test"]
+    few_shot = record["partition"].split("_", 1)[1] if record["partition"].startswith(
+        "fewshot_") else ""
+    return {
+        "model": record["model_display"],
+        "dataset": record["dataset"],
+        "test metric": test["primary"],
+        "training_type": record["training_type"],
+        "seed": record["seed"],
+        "partition name": partition_name(record),
+        "few_shot": few_shot,
+        "metric": test["metric"],
+        "model_id": record["model"],
+        **{name: test.get(name) for name in EXTRA_METRICS.get(record["task"], ())},
+        "n_train": record["n_train"],
+        "best_epoch": record["best_epoch"],
+        "epochs_run": record["epochs_run"],
+        "device": record["device"],
+    }
 
 
 def write_runs_table(paths: list[Path], out: Path) -> pd.DataFrame:

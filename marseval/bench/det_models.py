@@ -446,7 +446,18 @@ def _yolo_base(name: str, num_classes: int) -> nn.Module:
 
     net = DetectionModel(cfg=f"{name}.yaml", nc=num_classes, verbose=False)
     net.args = get_cfg()  # the loss reads its box/cls/dfl gains from here
+    # ultralytics sets BatchNorm momentum 0.03, made for long schedules with a weight EMA.
+    # This loop evaluates the live weights after every epoch, and with 0.03 the running
+    # statistics of a short fit lag far behind them (eval-mode scores near zero after 60
+    # steps that reach 0.99 in training mode). PyTorch's 0.1 changes only the running
+    # statistics, never a training-mode output.
+    for module in net.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.momentum = YOLO_BATCHNORM_MOMENTUM
     return net
+
+
+YOLO_BATCHNORM_MOMENTUM = 0.1
 
 
 def yolo_weights_dir() -> Path:
