@@ -35,6 +35,7 @@ rule all:
         standardized=STANDARDIZED,
         data_summary=f"{RESULTS}/tables/datasets.csv",
         bench=BENCH_TABLES,
+        reports=REPORTS,
 
 
 onsuccess:

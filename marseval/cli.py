@@ -55,6 +55,20 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fail when split counts differ from the registry")
     _bench_commands(commands)
 
+    rp = commands.add_parser("report", help="normalise, IQM, bootstrap, figures and tables")
+    rp.add_argument("--runs", required=True, type=Path, nargs="+",
+                    help="runs tables in the Mars-Bench schema (ours or published)")
+    rp.add_argument("--task", required=True,
+                    choices=["classification", "segmentation", "detection"])
+    rp.add_argument("--out", required=True, type=Path)
+    rp.add_argument("--reps", type=int, default=1000, help="bootstrap repetitions")
+    rp.add_argument("--ci", type=float, default=0.95, help="confidence level of intervals")
+    rp.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    rp.add_argument("--normalizer", type=Path,
+                    help="fixed {dataset: [min, max]} JSON instead of min/max over the runs")
+    rp.add_argument("--earth", type=Path,
+                    help="earth_data.csv of the paper: adds the Earth-observation figure")
+
     sm = commands.add_parser("summarize-data", help="one table of standardized datasets")
     sm.add_argument("--out", required=True, type=Path)
     sm.add_argument("folders", nargs="+", type=Path)
@@ -172,6 +186,16 @@ BENCH_COMMANDS = {"features", "tune", "select", "train", "collect"}
 def run(args: argparse.Namespace) -> None:
     if args.command in BENCH_COMMANDS:
         run_bench(args)
+        return
+    if args.command == "report":
+        from marseval.report.run import run_report
+
+        summary = run_report(args.runs, args.task, args.out, reps=args.reps, ci=args.ci,
+                             seed=args.seed, normalizer_path=args.normalizer,
+                             earth_path=args.earth)
+        print(f"{args.task}: {summary['n_main_runs']} main runs of {len(summary['models'])} "
+              f"models on {len(summary['datasets'])} datasets reported in {args.out}; "
+              f"dropped (max == min): {summary['dropped_datasets'] or 'none'}")
         return
     if args.command == "download":
         from marseval.fetch import download, set_offline

@@ -148,10 +148,15 @@ def feature_flags(config: dict[str, Any]) -> str:
     return " ".join(flags)
 
 
-def bench_targets(config: dict[str, Any]) -> list[str]:
-    """The runs tables of the tasks that have both models and datasets configured."""
-    return [f"{config['results']}/tables/{task}_runs.csv" for task in BENCH_TASKS
+def bench_tasks(config: dict[str, Any]) -> list[str]:
+    """The Mars-Bench tasks that have both models and datasets configured."""
+    return [task for task in BENCH_TASKS
             if config["bench"]["models"][task] and datasets(config, task)]
+
+
+def bench_targets(config: dict[str, Any]) -> list[str]:
+    """The runs table of every configured task."""
+    return [f"{config['results']}/tables/{task}_runs.csv" for task in bench_tasks(config)]
 
 
 def run_records(config: dict[str, Any], task: str) -> list[str]:
@@ -189,14 +194,48 @@ def setup_flags(config: dict[str, Any], task: str) -> str:
     return " ".join(flags)
 
 
+# The tasks with published per-seed runs, and their files under report.reference.
+PAPER_RUNS = {
+    "classification": ("classification_filtered.csv", "classification_partition_filtered.csv",
+                       "classification_few_shot_filtered.csv"),
+    "segmentation": ("segmentation_filtered.csv", "segmentation_partition_filtered.csv"),
+}
+PAPER_EARTH = "earth_data.csv"  # the Earth-observation comparison (classification)
+
+
+def report_targets(config: dict[str, Any]) -> list[str]:
+    """The report of every task that has a runs table."""
+    return [f"{config['results']}/report/{task}/aggregate.csv" for task in bench_tasks(config)]
+
+
+def report_runs(config: dict[str, Any], kind: str, task: str) -> list[str]:
+    """Input of the report rule: our runs table, or the published ones (paper_figures)."""
+    if kind == "report":
+        return [f"{config['results']}/tables/{task}_runs.csv"]
+    if task not in PAPER_RUNS:
+        raise ValueError(f"no published runs of {task}; paper_figures covers {list(PAPER_RUNS)}")
+    return [f"{config['report']['reference']}/{name}" for name in PAPER_RUNS[task]]
+
+
+def report_flags(config: dict[str, Any], kind: str, task: str) -> str:
+    options = config["report"]
+    flags = [f"--reps {options['reps']}", f"--ci {options['ci']}", f"--seed {options['seed']}"]
+    if options["normalizer"] and kind == "report":
+        flags.append(f"--normalizer {options['normalizer']}")
+    if kind == "paper_figures" and task == "classification":
+        flags.append(f"--earth {options['reference']}/{PAPER_EARTH}")
+    return " ".join(flags)
+
+
 def csv(values: list[Any]) -> str:
     return ",".join(str(v) for v in values)
 
 
 NEXT_STAGES = """\
-Done: every configured dataset is standardized under {results}/data/, and the Mars-Bench
-runs (grid search, selection, 7 seeds, partitions; few-shot for classification) are
-collected in {results}/tables/{{classification,segmentation,detection}}_runs.csv.
+Done: every configured dataset is standardized under {results}/data/; the Mars-Bench runs
+(grid search, selection, 7 seeds, partitions; few-shot for classification) are collected in
+{results}/tables/<task>_runs.csv and reported (normalised IQM, bootstrap intervals, figures,
+tables) in {results}/report/<task>/. `snakemake paper_figures` redraws the paper's figures
+from the published runs; `snakemake --report report.html` gathers everything in one page.
 Stages that come next (added by later issues):
-  Mars-Bench:    report (normalise, IQM, bootstrap, figures, tables)
   MarsRetrieval: embed (shards) -> index -> queries -> evaluate -> tables and maps"""

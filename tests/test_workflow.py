@@ -65,8 +65,8 @@ def test_paper_dag_builds_without_network(tmp_path: Path, workflow_env: dict[str
     train = classification * 7 * 14 + dense * 7 * 8
     assert counts == {"download": 23, "standardize": 23, "data_summary": 1,
                       "features": classification, "tune": pairs * 8, "select": pairs,
-                      "train": train, "collect": 3, "all": 1,
-                      "total": 47 + classification + pairs * (8 + 1) + train + 3 + 1}
+                      "train": train, "collect": 3, "report": 3, "all": 1,
+                      "total": 47 + classification + pairs * (8 + 1) + train + 3 + 3 + 1}
     assert "resources/raw/huggingface/mb-s5mars" in result.stdout + result.stderr
 
 
@@ -126,6 +126,18 @@ def test_embedded_default_runs_end_to_end(tmp_path: Path, workflow_env: dict[str
         assert set(dense["metric"]) == {metric}
         assert set(dense["partition name"]) == {"default", "0.25", "0.5"}
         assert dense["test metric"].between(0, 1).all()
+    for task in ("classification", "segmentation", "detection"):
+        folder = tmp_path / "results/report" / task
+        aggregate = pd.read_csv(folder / "aggregate.csv")
+        assert list(aggregate.columns[:4]) == ["model", "iqm", "ci_low", "ci_high"]
+        assert (folder / "figures/raw_violins.png").stat().st_size > 1000
+        assert (folder / "tables/aggregate.tex").is_file()
+        summary = json.loads((folder / "summary.json").read_text())
+        if len(summary["dropped_datasets"]) < len(summary["datasets"]):
+            # some dataset's scores vary: there is something to normalise and aggregate
+            assert len(aggregate) == 1 and aggregate["iqm"].between(0, 1).all()
+            assert (folder / "figures/normalized_violins.png").stat().st_size > 1000
+            assert (folder / "figures/training_size.pdf").stat().st_size > 1000
     report = snakemake([*args, "--report", str(tmp_path / "report.html")], env)
     assert report.returncode == 0, report.stdout + report.stderr
     html = (tmp_path / "report.html").read_text()
@@ -135,3 +147,27 @@ def test_embedded_default_runs_end_to_end(tmp_path: Path, workflow_env: dict[str
     assert not list((tmp_path / "results/data").glob(".*"))
     again = snakemake([*args, "-n"], env)
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_paper_figures_redraw_the_published_runs(tmp_path: Path,
+                                                 workflow_env: dict[str, str]) -> None:
+    import pandas as pd
+
+    args = ["paper_figures", "--cores", "2", "-d", str(tmp_path), "--configfile",
+            str(REPO / "config/config.yaml"), "--config",
+            f"report={{reference: {REPO / 'resources/reference/marsbench-paper-runs'}}}"]
+    result = snakemake(args, workflow_env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    folder = tmp_path / "results/paper_figures"
+    aggregate = pd.read_csv(folder / "classification/aggregate.csv").set_index("model")["iqm"]
+    # ../shared/reference/README.md: the paper's aggregated IQMs
+    expected = {"SwinV2-B": 0.8983, "ViT-L/16": 0.8560, "ResNet101": 0.5074,
+                "InceptionV3": 0.3904, "SqueezeNet1.1": 0.3593}
+    assert aggregate.round(4).to_dict() == expected
+    for name in ("normalized_violins", "raw_violins", "training_size", "few_shot",
+                 "earth_observation"):
+        for suffix in ("pdf", "png"):
+            assert (folder / f"classification/figures/{name}.{suffix}").stat().st_size > 1000
+    assert (folder / "segmentation/figures/training_size.png").stat().st_size > 1000
+    summary = json.loads((folder / "classification/summary.json").read_text())
+    assert summary["dropped_datasets"] == ["mb-change_cls_ctx"]

@@ -5,6 +5,10 @@ import os
 from marseval.fetch import set_offline
 from marseval.workflow import (
     NEXT_STAGES,
+    PAPER_RUNS,
+    report_flags,
+    report_runs,
+    report_targets,
     bench_inputs,
     bench_models,
     bench_targets,
@@ -38,6 +42,8 @@ CLASSIFICATION_MODELS = bench_models(config, "classification")
 BENCH_MODELS = bench_models(config)
 FEATURE_FLAGS = feature_flags(config)
 BENCH_TABLES = bench_targets(config)
+REPORTS = report_targets(config)
+PAPER_TASKS = list(PAPER_RUNS)
 tune_inputs = bench_inputs(config)
 
 
@@ -49,3 +55,4 @@ wildcard_constraints:
     seed=r"\d+",
     partition=r"default|fraction_[0-9.]+|fewshot_[0-9]+",
     task=r"classification|segmentation|detection",
+    kind=r"report|paper_figures",

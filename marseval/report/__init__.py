@@ -1,0 +1,1 @@
+"""Reporting: normalised scores, IQMs with stratified-bootstrap intervals, figures and tables."""
