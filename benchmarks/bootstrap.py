@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from marseval.report import stats  # noqa: E402
 
-PAPER = Path("/work/shared/reference/marsbench-paper-runs/classification_filtered.csv")
+PAPER = REPO / "resources/reference/marsbench-paper-runs/classification_filtered.csv"
 
 
 def rliable_on_arch8() -> None:

@@ -13,14 +13,12 @@ import pytest
 from marseval.errors import MarsevalError
 from marseval.report import stats
 
-PAPER = Path("/work/shared/reference/marsbench-paper-runs")
+PAPER = Path(__file__).resolve().parents[1] / "resources/reference/marsbench-paper-runs"
 # the published sweeps leave a few scores blank (runs that did not finish)
 WITH_BLANKS = {"classification_few_shot_filtered.csv": [1044],
                "segmentation_partition_filtered.csv": [12, 1690]}
 PAPER_IQM = {"SwinV2-B": 0.8983, "ViT-L/16": 0.8560, "ResNet101": 0.5074,
              "InceptionV3": 0.3904, "SqueezeNet1.1": 0.3593}
-
-needs_paper = pytest.mark.skipif(not PAPER.is_dir(), reason="reference runs not present")
 
 
 def write(path: Path, text: str) -> Path:
@@ -122,7 +120,6 @@ def test_stratified_bootstrap_keeps_strata() -> None:
 def rliable_shim(monkeypatch: pytest.MonkeyPatch):
     """rliable 1.2 passes `random_state=` to arch, which arch 8 renamed `seed` (it would be
     taken for a data keyword and rejected); translate it."""
-    pytest.importorskip("rliable")
     import arch.bootstrap.base as arch_base
 
     for cls in (arch_base.IIDBootstrap, arch_base.IndependentSamplesBootstrap):
@@ -245,7 +242,6 @@ def test_per_dataset_and_curve_columns() -> None:
 # ----------------------------------------------------------------------------- the paper
 
 
-@needs_paper
 def test_paper_classification_normalizer_and_aggregate() -> None:
     runs = stats.read_runs(PAPER / "classification_filtered.csv")
     normalizer, constant = stats.fit_normalizer(runs)
@@ -262,7 +258,6 @@ def test_paper_classification_normalizer_and_aggregate() -> None:
         assert row["n_datasets"] == 8
 
 
-@needs_paper
 def test_paper_segmentation_normalizer() -> None:
     """The published segmentation normaliser was fitted on the partition-1.0 rows of the
     training-size sweep: the same 224 runs as segmentation_filtered.csv, but 75 of their
@@ -288,7 +283,6 @@ def test_paper_segmentation_normalizer() -> None:
 # ----------------------------------------------------------------------------- read_runs
 
 
-@needs_paper
 @pytest.mark.parametrize("name", sorted(p.name for p in PAPER.glob("*.csv")))
 def test_read_runs_loads_every_reference_table(name: str) -> None:
     path = PAPER / name
