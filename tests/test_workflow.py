@@ -143,6 +143,8 @@ def test_embedded_default_runs_end_to_end(tmp_path: Path, workflow_env: dict[str
     html = (tmp_path / "report.html").read_text()
     assert "datasets.csv" in html and all(f"{task}_runs.csv" in html for task in
                                           ("classification", "segmentation", "detection"))
+    # the report stage's figures and tables are in the page too
+    assert "raw_violins.png" in html and "per_dataset_iqm.csv" in html
     # nothing temporary is left behind, and a rerun has nothing to do
     assert not list((tmp_path / "results/data").glob(".*"))
     again = snakemake([*args, "-n"], env)
