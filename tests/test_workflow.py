@@ -85,7 +85,8 @@ def test_embedded_default_runs_end_to_end(tmp_path: Path, workflow_env: dict[str
                PYTHONPATH=f"{SUPPORT}{os.pathsep}{workflow_env['PYTHONPATH']}")
     args = ["--cores", "2", "-d", str(tmp_path), "--configfile",
             str(REPO / "config/config.yaml")]
-    result = snakemake(args, env)
+    # about 6 minutes on 2 idle cores; the limit leaves room for a busy machine
+    result = snakemake(args, env, timeout=1800)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Stages that come next" in result.stdout + result.stderr
     assert not netlog.exists(), netlog.read_text()
