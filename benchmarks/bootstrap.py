@@ -15,9 +15,6 @@ Writes benchmarks/results/bootstrap.json and prints a Markdown table.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -28,6 +25,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from record import machine, write_results  # noqa: E402  (benchmarks/ is on sys.path)
 
 from marseval.report import stats  # noqa: E402
 
@@ -109,11 +108,9 @@ def main() -> None:
         "speedup": statistics.median(theirs_s) / statistics.median(ours_s),
         "models": models,
         "date": time.strftime("%Y-%m-%d"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "numpy": np.__version__, "platform": platform.platform()},
+        "machine": machine(numpy=np.__version__),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(args.out, result)
 
     print(f"{args.reps} repetitions, median of {args.repeats}: ours {result['ours_s']:.4f} s, "
           f"rliable {result['rliable_s']:.3f} s ({result['speedup']:.0f} times faster)\n")

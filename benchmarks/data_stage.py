@@ -8,9 +8,7 @@ all measured in one run (the machines are shared and noisy).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -22,6 +20,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from record import machine, write_results  # noqa: E402  (benchmarks/ is on sys.path)
 
 from marseval.data.standardize import standardize  # noqa: E402
 from marseval.data.synthetic.generate import generate_benchmark  # noqa: E402
@@ -81,11 +81,8 @@ def main() -> None:
                 "standardize_images_per_s": args.images / std,
             }
     results["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    results["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
-                          "platform": platform.platform()}
-    out = REPO / "benchmarks/results/data_stage.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    results["machine"] = machine()
+    write_results(REPO / "benchmarks/results/data_stage.json", results)
     print("| measurement | median |\n|---|---|")
     print(f"| embedded default, download + standardize of 11 datasets, 2 cores | "
           f"{results['embedded_default_data_stage_s']:.1f} s |")

@@ -14,7 +14,6 @@ Writes benchmarks/results/dense_models_<device>.json and prints a Markdown table
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -24,6 +23,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from record import write_results  # noqa: E402  (benchmarks/ is on sys.path)
+
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
 SEGMENTATION = ["unet:resnet34", "deeplabv3plus:resnet34", "segformer:resnet34",
@@ -158,8 +160,7 @@ def main() -> None:
               "torch": torch.__version__, "python": platform.python_version(),
               "batch": args.batch, "repeats": args.repeats, "rows": rows}
     out = args.out or REPO / "benchmarks" / "results" / f"dense_models_{args.device}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(out, result)
     print("\n| task | model | input px | train img/s | eval img/s |\n|---|---|---|---|---|")
     for row in rows:
         print(f"| {row['task']} | {row['model']} | {row['input_size']} | "

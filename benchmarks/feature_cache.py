@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -25,6 +24,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from record import machine, write_results  # noqa: E402  (benchmarks/ is on sys.path)
 
 MODEL = "resnet50"
 
@@ -106,12 +107,9 @@ def main() -> None:
         "speedup_648_trials": 648 * online["trial_seconds"]
         / (cache["extract_seconds"] + 648 * cache["trial_seconds"]),
         "f1_difference": abs(online["test_f1"] - cache["test_f1"]),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
+        "machine": machine(),
     }
-    path = REPO / "benchmarks/results/feature_cache.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2) + "\n")
+    write_results(REPO / "benchmarks/results/feature_cache.json", results)
     print("| measurement | cache | online |\n|---|---|---|")
     print(f"| feature extraction (once per dataset and model) | "
           f"{cache['extract_seconds']:.1f} s | - |")
