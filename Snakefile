@@ -36,6 +36,7 @@ rule all:
         data_summary=f"{RESULTS}/tables/datasets.csv",
         bench=BENCH_TABLES,
         reports=REPORTS,
+        retrieval=RETRIEVAL_SUMMARIES,
 
 
 onsuccess:

@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--earth", type=Path,
                     help="earth_data.csv of the paper: adds the Earth-observation figure")
 
+    _retrieval_commands(commands)
+
     sm = commands.add_parser("summarize-data", help="one table of standardized datasets")
     sm.add_argument("--out", required=True, type=Path)
     sm.add_argument("folders", nargs="+", type=Path)
@@ -132,6 +134,103 @@ def _bench_commands(commands) -> None:
     co.add_argument("runs", nargs="*", type=Path)
 
 
+def _retrieval_commands(commands) -> None:
+    em = commands.add_parser("embed", help="embed one shard of a retrieval database")
+    em.add_argument("--dataset-dir", required=True, type=Path)
+    em.add_argument("--model", required=True)
+    em.add_argument("--shard", required=True, type=int)
+    em.add_argument("--shards", required=True, type=int)
+    em.add_argument("--out", required=True, type=Path)
+    em.add_argument("--tile-delta", type=float, default=0.2, help="tile size in degrees")
+    em.add_argument("--tile-pixels", type=int, default=512)
+    em.add_argument("--max-abs-lat", type=float, default=80.0)
+    em.add_argument("--batch-size", type=int, default=64)
+    em.add_argument("--dtype", default="float32", choices=["float32", "float16"],
+                    help="on-disk precision of the shard")
+    em.add_argument("--device", default="auto")
+    em.add_argument("--offline", action="store_true")
+
+    ix = commands.add_parser("index", help="merge embedding shards into one FAISS index")
+    ix.add_argument("--out", required=True, type=Path)
+    ix.add_argument("--kind", default="exact", choices=["exact", "ivf", "hnsw"])
+    ix.add_argument("--nlist", type=int, help="IVF lists (default about 4 sqrt(n))")
+    ix.add_argument("--nprobe", type=int, default=16)
+    ix.add_argument("--use-gpu", default="auto", choices=["auto", "yes", "no"])
+    ix.add_argument("shards", nargs="+", type=Path)
+
+    qu = commands.add_parser("queries", help="text, image and hybrid query embeddings")
+    qu.add_argument("--dataset-dir", required=True, type=Path)
+    qu.add_argument("--model", required=True)
+    qu.add_argument("--out", required=True, type=Path)
+    qu.add_argument("--batch-size", type=int, default=64)
+    qu.add_argument("--device", default="auto")
+    qu.add_argument("--offline", action="store_true")
+
+    ev = commands.add_parser("evaluate", help="score one model on one retrieval task")
+    ev.add_argument("--dataset-dir", required=True, type=Path)
+    ev.add_argument("--index", required=True, type=Path)
+    ev.add_argument("--model", required=True)
+    ev.add_argument("--queries", type=Path, help="queries file (landform, geolocalization)")
+    ev.add_argument("--out", required=True, type=Path)
+    ev.add_argument("--radius-deg", type=float, default=0.5)
+    ev.add_argument("--radius-km", type=float, help="default: the arc of --radius-deg")
+    ev.add_argument("--top-k", type=int, default=20000)
+    ev.add_argument("--k-step", type=int, default=200)
+    ev.add_argument("--location", default="centre", choices=["centre", "sw_corner"],
+                    help="the point a retrieved tile stands for")
+
+    rr = commands.add_parser("retrieval-report", help="summary tables and figures of a task")
+    rr.add_argument("--out", required=True, type=Path)
+    rr.add_argument("evaluations", nargs="+", type=Path)
+
+
+def run_retrieval(args: argparse.Namespace) -> None:
+    if getattr(args, "offline", False):
+        from marseval.fetch import set_offline
+
+        set_offline(True)
+    device = getattr(args, "device", "cpu")
+    if device == "auto":
+        from marseval.bench.experiment import resolve_device
+
+        device = resolve_device(device)
+    if args.command == "embed":
+        from marseval.retrieval.embed import TileOptions, embed_shard
+
+        tiles = TileOptions(args.tile_delta, args.tile_pixels, args.max_abs_lat)
+        done = embed_shard(args.dataset_dir, args.model, args.shard, args.shards, args.out,
+                           tiles=tiles, batch_size=args.batch_size, device=device,
+                           dtype=args.dtype)
+        print(f"embedded {done['rows']} items in {done['seconds']:.1f} s into {args.out}")
+    elif args.command == "index":
+        from marseval.retrieval.index import build_index
+
+        info = build_index(args.shards, args.out, kind=args.kind, nlist=args.nlist,
+                           nprobe=args.nprobe, use_gpu=args.use_gpu)
+        print(f"{info['kind']} index of {info['ntotal']} {info['dim']}-d vectors in {args.out}")
+    elif args.command == "queries":
+        from marseval.retrieval.queries import build_queries
+
+        modes = build_queries(args.dataset_dir, args.model, args.out, device=device,
+                              batch_size=args.batch_size)
+        print(f"queries ({', '.join(modes)}) in {args.out}")
+    elif args.command == "evaluate":
+        from marseval.retrieval.evaluate import GeoOptions, evaluate
+
+        geo = GeoOptions(args.radius_deg, args.radius_km, args.top_k, args.k_step,
+                         args.location)
+        record = evaluate(args.dataset_dir, args.index, args.out, model=args.model,
+                          queries_path=args.queries, geo=geo)
+        print(json.dumps({k: v for k, v in record.items() if k != "metrics"}))
+    elif args.command == "retrieval-report":
+        from marseval.retrieval.report import write_report
+
+        print(write_report(args.evaluations, args.out).to_string(index=False))
+
+
+RETRIEVAL_COMMANDS = {"embed", "index", "queries", "evaluate", "retrieval-report"}
+
+
 def _setup(args: argparse.Namespace):
     from marseval.bench.experiment import Setup
 
@@ -186,6 +285,9 @@ BENCH_COMMANDS = {"features", "tune", "select", "train", "collect"}
 def run(args: argparse.Namespace) -> None:
     if args.command in BENCH_COMMANDS:
         run_bench(args)
+        return
+    if args.command in RETRIEVAL_COMMANDS:
+        run_retrieval(args)
         return
     if args.command == "report":
         from marseval.report.run import run_report

@@ -2,7 +2,9 @@
 
 Every source stages its files beside the target and renames at the end, so a failed or
 interrupted download never leaves a folder that looks complete. Zenodo and Hugging Face keep
-their partial files in a staging folder that survives a failure, so a rerun resumes.
+their partial files in a staging folder that survives a failure, so a rerun resumes. Image-text
+pair datasets (registry subtask `paired`) name their images by URL: after the snapshot, the
+images are fetched into the same staging folder, so they resume too.
 """
 
 from __future__ import annotations
@@ -112,8 +114,29 @@ def _huggingface(spec, out: Path, options: dict[str, Any]) -> None:
     if missing:
         raise MarsevalError(f"{spec.name}: downloading {repo} left {len(missing)} file(s) "
                             f"missing, e.g. {missing[0]}")
+    if spec.subtask == "paired":
+        # into staging, before the hub bookkeeping goes: a crash here resumes both
+        _fetch_pair_images(spec, staging, options)
     shutil.rmtree(staging / ".cache", ignore_errors=True)  # hub bookkeeping, not data
     _publish(staging, out)
+
+
+def _fetch_pair_images(spec, root: Path, options: dict[str, Any]) -> None:
+    """The rows of an image-text dataset name their images by URL: fetch them to images/.
+
+    Some dead links are expected (they are listed, and the standardizer drops those pairs);
+    none fetched at all means something is wrong with the source or the network."""
+    from marseval.data.image_fetch import FAILURES_FILE, fetch_images
+    from marseval.data.retrieval import pair_image_urls
+
+    items = pair_image_urls(root, spec)
+    report = fetch_images(items, root / "images", base=root, retries=options.get("retries", 3),
+                          workers=options.get("image_workers", 8))
+    if report.failed and not report.fetched + report.skipped_existing:
+        key, url, reason = report.failed[0]
+        raise MarsevalError(f"{spec.name}: none of its {len(report.failed)} images could be "
+                            f"fetched, e.g. {key} from {url}: {reason} (all listed in "
+                            f"{root / FAILURES_FILE})")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -71,6 +71,7 @@ def download_options(config: dict[str, Any], name: str) -> str:
         "retrieval": synthetic["retrieval"],
         "layout": options.get("layout", synthetic["layout"]),
         "retries": config["download"]["retries"],
+        "image_workers": config["download"]["image_workers"],
         "zenodo_api": config["download"]["zenodo_api"],
     }
     for key in ("huggingface", "revision", "zenodo_record"):
@@ -86,7 +87,7 @@ def detection_format_flag(config: dict[str, Any], name: str) -> str:
 
 def model_slug(name: str) -> str:
     """A model name as a path component: `timm:resnet10t` -> `timm-resnet10t`."""
-    return name.replace(":", "-").replace("/", "--")
+    return name.replace(":", "-").replace("/", "--").replace("@", "_")
 
 
 BENCH_TASKS = ("classification", "segmentation", "detection")
@@ -227,6 +228,85 @@ def report_flags(config: dict[str, Any], kind: str, task: str) -> str:
     return " ".join(flags)
 
 
+RETRIEVAL_TASKS = ("paired", "landform", "geolocalization")
+
+
+def retrieval_datasets(config: dict[str, Any]) -> dict[str, str]:
+    """Retrieval task -> its configured dataset (the registry subtask names the task)."""
+    wanted = config["retrieval"]["tasks"]
+    found = {get_dataset(n).subtask: n for n in datasets(config, "retrieval")}
+    return {task: found[task] for task in RETRIEVAL_TASKS if task in found and task in wanted}
+
+
+def retrieval_models(config: dict[str, Any]) -> dict[str, str]:
+    return {model_slug(m): m for m in config["retrieval"]["models"]}
+
+
+def retrieval_evaluations(config: dict[str, Any], task: str) -> list[str]:
+    dataset = retrieval_datasets(config)[task]
+    return [f"{config['results']}/retrieval/eval/{dataset}/{slug}"
+            for slug in retrieval_models(config)]
+
+
+def retrieval_targets(config: dict[str, Any]) -> list[str]:
+    """The summary folder of every retrieval task that has a dataset and models."""
+    if not config["retrieval"]["models"]:
+        return []
+    return [f"{config['results']}/retrieval/report/{task}" for task in retrieval_datasets(config)]
+
+
+def evaluate_inputs(config: dict[str, Any]):
+    """Input function of evaluate: dataset and index, and the queries unless the task is paired."""
+    results = config["results"]
+
+    def inputs(wildcards) -> dict[str, str]:
+        found = {"data": f"{results}/data/{wildcards.dataset}",
+                 "index": f"{results}/retrieval/index/{wildcards.dataset}/{wildcards.model}"}
+        if get_dataset(wildcards.dataset).subtask != "paired":
+            found["queries"] = (f"{results}/retrieval/queries/{wildcards.dataset}/"
+                                f"{wildcards.model}.npz")
+        return found
+
+    return inputs
+
+
+def embed_flags(config: dict[str, Any]) -> str:
+    options = config["retrieval"]
+    flags = [f"--tile-delta {options['tile_delta']}", f"--tile-pixels {options['tile_pixels']}",
+             f"--max-abs-lat {options['max_abs_lat']}",
+             f"--batch-size {options['embed_batch_size']}", f"--dtype {options['embed_dtype']}",
+             f"--device {options['device']}"]
+    if config["offline"]:
+        flags.append("--offline")
+    return " ".join(flags)
+
+
+def index_flags(config: dict[str, Any]) -> str:
+    options = config["retrieval"]
+    flags = [f"--kind {options['index']}", f"--nprobe {options['nprobe']}",
+             f"--use-gpu {options['index_gpu']}"]
+    if options["nlist"]:
+        flags.append(f"--nlist {options['nlist']}")
+    return " ".join(flags)
+
+
+def queries_flags(config: dict[str, Any]) -> str:
+    options = config["retrieval"]
+    flags = [f"--batch-size {options['embed_batch_size']}", f"--device {options['device']}"]
+    if config["offline"]:
+        flags.append("--offline")
+    return " ".join(flags)
+
+
+def evaluate_flags(config: dict[str, Any]) -> str:
+    options = config["retrieval"]
+    flags = [f"--radius-deg {options['radius_deg']}", f"--top-k {options['top_k']}",
+             f"--k-step {options['k_step']}", f"--location {options['location']}"]
+    if options["radius_km"]:
+        flags.append(f"--radius-km {options['radius_km']}")
+    return " ".join(flags)
+
+
 def csv(values: list[Any]) -> str:
     return ",".join(str(v) for v in values)
 
@@ -235,7 +315,7 @@ NEXT_STAGES = """\
 Done: every configured dataset is standardized under {results}/data/; the Mars-Bench runs
 (grid search, selection, 7 seeds, partitions; few-shot for classification) are collected in
 {results}/tables/<task>_runs.csv and reported (normalised IQM, bootstrap intervals, figures,
-tables) in {results}/report/<task>/. `snakemake paper_figures` redraws the paper's figures
-from the published runs; `snakemake --report report.html` gathers everything in one page.
-Stages that come next (added by later issues):
-  MarsRetrieval: embed (shards) -> index -> queries -> evaluate -> tables and maps"""
+tables) in {results}/report/<task>/; MarsRetrieval (embedding shards, a FAISS index, text,
+image and hybrid queries) is summarised per task in {results}/retrieval/report/<task>/.
+`snakemake paper_figures` redraws the paper's figures from the published runs;
+`snakemake --report report.html` gathers everything in one page."""

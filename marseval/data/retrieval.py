@@ -2,7 +2,8 @@
 
 mr-vl_pairs         parquet rows (key, image_url, ori_caption, refined_caption); images are
                     looked up as images/<key>.* in the raw folder (relative URLs resolve there,
-                    remote URLs are fetched there by the image fetcher)
+                    remote URLs are fetched there by the image fetcher); pairs whose image is
+                    listed in the fetcher's fetch_failures.csv are dropped and counted
 mr-landforms        parquet rows (image, label) with ClassLabel names in the schema metadata
 mr-geolocalization  ground_truth/<landform>.csv (lon, lat), image_queries/<landform>/*,
                     mars_map/*.tif (the global mosaic, optional for real data: it is tiled
@@ -22,6 +23,7 @@ import pyarrow.parquet as pq
 
 from marseval import __version__
 from marseval.atomic import atomic_directory, atomic_write_json
+from marseval.data.image_fetch import FAILURES_FILE, find_image, read_failures
 from marseval.data.layouts.huggingface import _class_names, _image
 from marseval.data.layouts.zenodo import IMAGE_SUFFIXES
 from marseval.data.records import ImageRef
@@ -68,32 +70,64 @@ def _copy_image(ref: ImageRef, tmp: Path, sample_id: str, spec: DatasetSpec,
     return relative, info
 
 
-def _pairs(raw_dir: Path, tmp: Path, spec: DatasetSpec) -> dict[str, Any]:
+def _complete(row: dict) -> bool:
+    # the reference conversion skips incomplete rows too
+    return bool(row["image_url"] and row["ori_caption"] and row["refined_caption"])
+
+
+def _pair_rows(raw_dir: Path, spec: DatasetSpec) -> tuple[list[dict], int, Path]:
+    """The complete rows of the pair parquet files, how many were incomplete, the first file."""
     rows, _, first = _parquet_rows(raw_dir, spec)
     missing = [c for c in PAIR_COLUMNS if rows and c not in rows[0]]
     if missing:
         raise DataError(spec.name, f"parquet lacks column(s) {missing}", file=str(first))
-    out, dropped = [], 0
+    complete = [r for r in rows if _complete(r)]
+    return complete, len(rows) - len(complete), first
+
+
+def pair_image_urls(raw_dir: Path, spec: DatasetSpec) -> list[tuple[str, str]]:
+    """(key, image_url) of every pair the standardizer would keep: what the fetcher fetches."""
+    rows, _, _ = _pair_rows(raw_dir, spec)
+    return [(str(r["key"]), str(r["image_url"])) for r in rows]
+
+
+def _unfetched_keys(raw_dir: Path, spec: DatasetSpec) -> set[str]:
+    path = raw_dir / FAILURES_FILE
+    try:
+        return {key for key, _, _ in read_failures(path)}
+    except ValueError as exc:
+        raise DataError(spec.name, f"malformed image failure list ({exc})",
+                        file=str(path)) from None
+
+
+def _pairs(raw_dir: Path, tmp: Path, spec: DatasetSpec) -> dict[str, Any]:
+    rows, dropped, first = _pair_rows(raw_dir, spec)
+    unfetched = _unfetched_keys(raw_dir, spec)
+    out, lost = [], 0
     for row in rows:
-        if not (row["image_url"] and row["ori_caption"] and row["refined_caption"]):
-            dropped += 1  # the reference conversion skips incomplete rows too
-            continue
         key = str(row["key"])
-        local = sorted(p for p in (raw_dir / "images").glob(f"{key}.*")
-                       if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not local:
+        local = find_image(raw_dir / "images", key)
+        if local is None and key in unfetched:
+            lost += 1  # a dead link: the paper's crawl loses those too
+            continue
+        if local is None:
             raise DataError(spec.name, f"image for key {key!r} ({row['image_url']}) has not "
                             "been fetched into images/", split="test", file=row["_where"])
-        image, info = _copy_image(ImageRef(local[0].name, path=local[0]), tmp, key, spec)
+        image, info = _copy_image(ImageRef(local.name, path=local), tmp, key, spec)
         out.append({"sample_id": key, "split": "test", "image": image, "width": info.width,
                     "height": info.height, "caption": row["refined_caption"],
                     "ori_caption": row["ori_caption"], "image_url": row["image_url"]})
+    if lost:
+        log.warning("%s: dropped %d of %d pairs whose image could not be fetched (see %s)",
+                    spec.name, lost, len(rows), raw_dir / FAILURES_FILE)
     if not out:
-        raise DataError(spec.name, "no complete image-caption pairs", split="test",
-                        file=str(first))
+        why = f"; all {lost} images failed to fetch" if lost else ""
+        raise DataError(spec.name, f"no complete image-caption pairs{why}", split="test",
+                        file=str(raw_dir / FAILURES_FILE if why else first))
     _unique(out, spec, first)
     pd.DataFrame(out).to_parquet(tmp / "samples.parquet", index=False)
-    return {"splits": {"test": len(out)}, "dropped_incomplete_rows": dropped}
+    return {"splits": {"test": len(out)}, "dropped_incomplete_rows": dropped,
+            "dropped_unfetched_images": lost}
 
 
 def _unique(rows: list[dict], spec: DatasetSpec, where: Path) -> None:

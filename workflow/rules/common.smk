@@ -24,6 +24,14 @@ from marseval.workflow import (
     download_options,
     raw_dir,
     source_of,
+    embed_flags,
+    evaluate_flags,
+    evaluate_inputs,
+    index_flags,
+    queries_flags,
+    retrieval_evaluations,
+    retrieval_models,
+    retrieval_targets,
 )
 
 check_config(config)
@@ -45,6 +53,12 @@ BENCH_TABLES = bench_targets(config)
 REPORTS = report_targets(config)
 PAPER_TASKS = list(PAPER_RUNS)
 tune_inputs = bench_inputs(config)
+RETRIEVAL_MODELS = retrieval_models(config)
+RETRIEVAL_SUMMARIES = retrieval_targets(config)
+EMBED_FLAGS = embed_flags(config)
+INDEX_FLAGS = index_flags(config)
+QUERIES_FLAGS = queries_flags(config)
+EVALUATE_FLAGS = evaluate_flags(config)
 
 
 wildcard_constraints:
@@ -55,4 +69,5 @@ wildcard_constraints:
     seed=r"\d+",
     partition=r"default|fraction_[0-9.]+|fewshot_[0-9]+",
     task=r"classification|segmentation|detection",
+    rtask=r"paired|landform|geolocalization",
     kind=r"report|paper_figures",

@@ -1,0 +1,1 @@
+"""Retrieval benchmark (MarsRetrieval): embeddings, indexes, paired, landform and geo scores."""

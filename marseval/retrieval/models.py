@@ -1,0 +1,193 @@
+"""Embedding models of MarsRetrieval: one interface over open_clip, transformers and a tiny CLIP.
+
+Model names (the config's `retrieval.models`):
+
+- `tiny-clip`: a randomly initialised 2-layer CLIP (open_clip, config shipped in
+  marseval/registry/open_clip/), seeded, for the embedded default: no download at all.
+- `open_clip:<architecture>[@<pretrained>]`: any open_clip model with a pretrained tag
+  (`open_clip:ViT-L-14-quickgelu@dfn2b`) or a checkpoint file as the tag (a fine-tuned
+  CLIP such as MarScope: `open_clip:ViT-L-14-quickgelu@/path/ckpt.pt`); without a tag the
+  first tag open_clip lists for the architecture.
+- `open_clip:hf-hub:<org>/<repo>` and `open_clip:local-dir:<folder>`: a model published in
+  open_clip's hub layout (DFN2B, SigLIP, SigLIP 2, PE-Core, Mars fine-tunes).
+- `transformers:<repo or folder>[@cls|@mean]`: a transformers model. One with
+  `get_text_features` (CLIP, SigLIP, AIMv2-LiT) embeds images and text through its projection
+  heads; a vision-only one (DINOv3, AIMv2) embeds images only, pooled as the MarsRetrieval
+  code does: the CLS token by default, the token mean for AIMv2 (no CLS token) or with `@mean`.
+
+Every embedding is L2-normalised float32. Hub downloads honour offline mode: with
+HF_HUB_OFFLINE (or MARSEVAL_OFFLINE) set, only cached weights load, and a miss is one clear
+error naming the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.nn import functional as F
+
+from marseval.bench.models import _hf_offline, offline_var
+from marseval.errors import MarsevalError
+
+TINY_CLIP = "tiny-clip"
+TINY_CLIP_ARCH = "marseval-tiny-clip"
+TINY_CLIP_SEED = 0
+PREFIXES = ("open_clip:", "transformers:")
+POOLINGS = ("cls", "mean")
+
+
+class ModelError(MarsevalError):
+    """A retrieval model name that cannot be resolved or loaded."""
+
+
+@dataclass
+class EmbeddingModel:
+    """A loaded encoder: images (and, for vision-language models, text) to unit vectors."""
+
+    name: str
+    preprocess: Callable[[Sequence[Image.Image]], Tensor]  # PIL images -> (N, 3, H, W)
+    image_encoder: Callable[[Tensor], Tensor]
+    text_encoder: Callable[[list[str]], Tensor] | None
+    device: str
+
+    @property
+    def has_text(self) -> bool:
+        return self.text_encoder is not None
+
+    @torch.inference_mode()
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        pixels = self.preprocess([im.convert("RGB") for im in images]).to(self.device)
+        return _unit(self.image_encoder(pixels))
+
+    @torch.inference_mode()
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        if self.text_encoder is None:
+            raise ModelError(f"model {self.name!r} is vision-only: it cannot embed text "
+                             "queries (text and hybrid queries need a vision-language model)")
+        return _unit(self.text_encoder(list(texts)))
+
+    @property
+    def dim(self) -> int:
+        probe = Image.new("RGB", (32, 32))
+        return int(self.embed_images([probe]).shape[1])
+
+
+def _unit(features: Tensor) -> np.ndarray:
+    return F.normalize(features.float(), dim=-1).cpu().numpy().astype(np.float32)
+
+
+def load_model(name: str, device: str = "cpu") -> EmbeddingModel:
+    """Resolve a model name (module docstring) and load it onto `device`, in eval mode."""
+    if name == TINY_CLIP:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(TINY_CLIP_SEED)  # the same random CLIP in every job
+            return _open_clip(name, _tiny_clip_arch(), None, device)
+    if name.startswith("open_clip:"):
+        arch, _, tag = name[len("open_clip:"):].partition("@")
+        return _open_clip(name, arch, tag or None, device)
+    if name.startswith("transformers:"):
+        source, _, pooling = name[len("transformers:"):].partition("@")
+        return _transformers(name, source, pooling or None, device)
+    raise ModelError(f"unknown retrieval model {name!r}: use {TINY_CLIP!r}, "
+                     "'open_clip:<architecture>[@<pretrained tag or checkpoint>]', "
+                     "'open_clip:hf-hub:<org>/<repo>' or 'transformers:<repo>[@cls|@mean]'")
+
+
+def _tiny_clip_arch() -> str:
+    import open_clip
+
+    if TINY_CLIP_ARCH not in open_clip.list_models():
+        open_clip.add_model_config(Path(__file__).parents[1] / "registry" / "open_clip"
+                                   / f"{TINY_CLIP_ARCH}.json")
+    return TINY_CLIP_ARCH
+
+
+@contextlib.contextmanager
+def _loading(name: str) -> Iterator[None]:
+    """Hub errors come from several libraries: turn them into one line naming the model."""
+    offline = offline_var()
+    guard = _hf_offline() if offline else contextlib.nullcontext()
+    try:
+        with guard:
+            yield
+    except MarsevalError:
+        raise
+    except Exception as exc:
+        where = f" ({offline} is set: only cached weights load)" if offline else ""
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelError(f"loading retrieval model {name!r} failed{where}: {first}") from exc
+
+
+def _open_clip(name: str, arch: str, tag: str | None, device: str) -> EmbeddingModel:
+    import open_clip
+
+    hub = arch.startswith(("hf-hub:", "local-dir:"))
+    if not hub and arch not in open_clip.list_models():
+        raise ModelError(f"open_clip has no architecture {arch!r} (model {name!r}); "
+                         "open_clip.list_models() lists them")
+    if not hub and tag is None and name != TINY_CLIP:
+        tags = open_clip.list_pretrained_tags_by_model(arch)
+        if not tags:
+            raise ModelError(f"open_clip architecture {arch!r} has no pretrained tag; "
+                             f"name one as 'open_clip:{arch}@<tag or checkpoint file>'")
+        tag = tags[0]
+    with _loading(name):
+        model, _, transform = open_clip.create_model_and_transforms(
+            arch, pretrained=tag, device=device, weights_only=True)
+        tokenizer = open_clip.get_tokenizer(arch)
+    model.eval()
+
+    def preprocess(images: Sequence[Image.Image]) -> Tensor:
+        return torch.stack([transform(im) for im in images])
+
+    def encode_text(texts: list[str]) -> Tensor:
+        return model.encode_text(tokenizer(texts).to(device))
+
+    return EmbeddingModel(name, preprocess, model.encode_image, encode_text, device)
+
+
+def _transformers(name: str, source: str, pooling: str | None, device: str) -> EmbeddingModel:
+    from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
+
+    if pooling is not None and pooling not in POOLINGS:
+        raise ModelError(f"model {name!r}: pooling {pooling!r} is not one of {POOLINGS}")
+    with _loading(name):
+        model = AutoModel.from_pretrained(source).to(device).eval()
+        processor = AutoImageProcessor.from_pretrained(source)
+        tokenizer = (AutoTokenizer.from_pretrained(source)
+                     if hasattr(model, "get_text_features") else None)
+
+    def preprocess(images: Sequence[Image.Image]) -> Tensor:
+        return processor(images=list(images), return_tensors="pt")["pixel_values"]
+
+    if tokenizer is not None:
+        def encode_image(pixels: Tensor) -> Tensor:
+            return _pooled(model.get_image_features(pixel_values=pixels))
+
+        def encode_text(texts: list[str]) -> Tensor:
+            tokens = tokenizer(texts, padding="max_length", truncation=True,
+                               return_tensors="pt").to(device)
+            return _pooled(model.get_text_features(**tokens))
+
+        return EmbeddingModel(name, preprocess, encode_image, encode_text, device)
+
+    # AIMv2's vision tower has no CLS token: the MarsRetrieval code averages its tokens
+    pool = pooling or ("mean" if model.config.model_type.startswith("aimv2") else "cls")
+
+    def encode_vision(pixels: Tensor) -> Tensor:
+        tokens = model(pixel_values=pixels).last_hidden_state
+        return tokens.mean(dim=1) if pool == "mean" else tokens[:, 0]
+
+    return EmbeddingModel(name, preprocess, encode_vision, None, device)
+
+
+def _pooled(output: Tensor | object) -> Tensor:
+    """transformers 5 returns a model output whose pooler_output is the projected embedding."""
+    return output if isinstance(output, Tensor) else output.pooler_output
