@@ -1,0 +1,453 @@
+"""Embedding shards and the FAISS index merged from them.
+
+A shard folder (written as a whole through `atomic_directory`):
+    shard.json          {n, dim, dtype, extras}
+    embeddings.npy      (n, dim) L2-normalised rows, float32 or float16
+    ids.parquet         one row per embedding: a unique string column `id` plus metadata
+    <name>.npy          optional per-row extras (e.g. `text_embeddings` of paired data)
+
+An index folder (likewise atomic):
+    index.json          kind, dim, ntotal, params, build_seconds, device, faiss_version, shards,
+                        extras, and `recall_at_10_vs_exact` for approximate kinds
+    index.faiss         the CPU index (faiss.write_index)
+    ids.parquet         the shards' ids concatenated in the given shard order
+    embeddings.npy      the merged float32 matrix (evaluation needs exact vectors)
+    <name>.npy          merged extras
+
+Positions returned by `SearchIndex.search` are rows of `ids.parquet` and `embeddings.npy`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import pandas as pd
+
+from marseval.atomic import atomic_directory, atomic_write_json
+from marseval.errors import MarsevalError
+
+KINDS = ("exact", "ivf", "hnsw")
+DISK_DTYPES = ("float32", "float16")
+RESERVED = {"embeddings", "ids", "shard", "index"}
+# float16 keeps ~3 significant digits, so a re-read float16 row's norm can be off by ~1e-3
+NORM_TOLERANCE = {"float32": 1e-3, "float64": 1e-3, "float16": 5e-3}
+GPU_MAX_K = 2048  # faiss GPU top-k selection limit; larger k searches the CPU copy
+
+
+class IndexMismatchError(MarsevalError):
+    """Embeddings that do not fit together: different dims, duplicate ids, wrong query dim."""
+
+
+# ---------------------------------------------------------------- shards
+
+
+def _check_embeddings(embeddings: np.ndarray, where: str) -> None:
+    if embeddings.ndim != 2:
+        raise MarsevalError(f"{where}: embeddings must be 2-D (rows, dim), got shape "
+                            f"{embeddings.shape}")
+    if embeddings.shape[1] < 1:
+        raise MarsevalError(f"{where}: embeddings have dimension 0")
+    if not np.issubdtype(embeddings.dtype, np.floating):
+        raise MarsevalError(f"{where}: embeddings must be floating point, got {embeddings.dtype}")
+    if not np.isfinite(embeddings).all():
+        bad = int(np.flatnonzero(~np.isfinite(embeddings).all(axis=1))[0])
+        raise MarsevalError(f"{where}: embeddings contain NaN or inf (first in row {bad})")
+    tolerance = NORM_TOLERANCE.get(str(embeddings.dtype), 1e-3)
+    norms = np.linalg.norm(embeddings.astype(np.float32), axis=1)
+    off = np.flatnonzero(np.abs(norms - 1.0) > tolerance)
+    if off.size:
+        raise MarsevalError(
+            f"{where}: {off.size} of {len(norms)} rows are not L2-normalised (row {off[0]} "
+            f"has norm {norms[off[0]]:.6f}; tolerance {tolerance})")
+
+
+def _check_ids(ids: pd.DataFrame, rows: int, where: str) -> pd.DataFrame:
+    if not isinstance(ids, pd.DataFrame) or "id" not in ids.columns:
+        raise MarsevalError(f"{where}: ids must be a DataFrame with a column 'id'")
+    if len(ids) != rows:
+        raise MarsevalError(f"{where}: {len(ids)} ids for {rows} embedding rows")
+    not_str = ~ids["id"].map(lambda value: isinstance(value, str))
+    if not_str.any():
+        raise MarsevalError(f"{where}: ids must be strings; row {int(np.flatnonzero(not_str)[0])}"
+                            f" holds {ids['id'][not_str].iloc[0]!r}")
+    duplicated = ids["id"].duplicated()
+    if duplicated.any():
+        raise IndexMismatchError(f"{where}: duplicate id {ids['id'][duplicated].iloc[0]!r}")
+    return ids.reset_index(drop=True).astype({"id": str})
+
+
+def _check_extras(extra: dict[str, np.ndarray], rows: int, where: str) -> None:
+    for name, values in extra.items():
+        if not name.isidentifier() or name in RESERVED:
+            raise MarsevalError(f"{where}: extra name {name!r} is not allowed (use an identifier "
+                                f"other than {sorted(RESERVED)})")
+        if values.ndim < 1 or len(values) != rows:
+            raise MarsevalError(f"{where}: extra {name!r} has shape {values.shape}, expected "
+                                f"{rows} rows")
+
+
+def write_shard(
+    out_dir: Path,
+    embeddings: np.ndarray,
+    ids: pd.DataFrame,
+    *,
+    dtype: str = "float32",
+    extra: dict[str, np.ndarray] | None = None,
+) -> Path:
+    """Validate one shard of embeddings and write it as the folder `out_dir` (atomically)."""
+    out_dir = Path(out_dir)
+    where = f"shard {out_dir}"
+    if dtype not in DISK_DTYPES:
+        raise MarsevalError(f"{where}: dtype must be one of {DISK_DTYPES}, got {dtype!r}")
+    embeddings = np.asarray(embeddings)
+    _check_embeddings(embeddings, where)
+    ids = _check_ids(ids, len(embeddings), where)
+    extra = {name: np.asarray(values) for name, values in (extra or {}).items()}
+    _check_extras(extra, len(embeddings), where)
+    with atomic_directory(out_dir) as tmp:
+        np.save(tmp / "embeddings.npy", embeddings.astype(dtype, copy=False))
+        ids.to_parquet(tmp / "ids.parquet", index=False)
+        for name, values in extra.items():
+            np.save(tmp / f"{name}.npy", values)
+        atomic_write_json(tmp / "shard.json", {
+            "n": len(embeddings), "dim": int(embeddings.shape[1]), "dtype": dtype,
+            "extras": sorted(extra)})
+    return out_dir
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise MarsevalError(f"{path} is missing (not a finished shard or index folder?)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise MarsevalError(f"{path} is not valid JSON: {error}") from error
+
+
+def _load_npy(path: Path, mmap: bool = False) -> np.ndarray:
+    if not path.is_file():
+        raise MarsevalError(f"{path} is missing")
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError) as error:
+        raise MarsevalError(f"{path} cannot be read as a .npy array: {error}") from error
+
+
+def _read_ids(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise MarsevalError(f"{path} is missing")
+    return pd.read_parquet(path)
+
+
+def read_shard(shard_dir: Path) -> tuple[np.ndarray, pd.DataFrame, dict[str, np.ndarray]]:
+    """The float32 embeddings, ids and extras of a shard folder written by `write_shard`."""
+    shard_dir = Path(shard_dir)
+    meta = _read_json(shard_dir / "shard.json")
+    embeddings = _load_npy(shard_dir / "embeddings.npy")
+    expected = (meta.get("n"), meta.get("dim"))
+    if embeddings.ndim != 2 or embeddings.shape != expected:
+        raise MarsevalError(f"{shard_dir / 'embeddings.npy'} has shape {embeddings.shape}; "
+                            f"shard.json says {expected}")
+    ids = _read_ids(shard_dir / "ids.parquet")
+    if "id" not in ids.columns or len(ids) != len(embeddings):
+        raise MarsevalError(f"{shard_dir / 'ids.parquet'} has {len(ids)} rows (columns "
+                            f"{list(ids.columns)}); expected {len(embeddings)} with a column 'id'")
+    extras = {}
+    for name in meta.get("extras", []):
+        extras[name] = _load_npy(shard_dir / f"{name}.npy")
+        if len(extras[name]) != len(embeddings):
+            raise MarsevalError(f"{shard_dir / f'{name}.npy'} has {len(extras[name])} rows; "
+                                f"expected {len(embeddings)}")
+    return embeddings.astype(np.float32, copy=False), ids.astype({"id": str}), extras
+
+
+# ---------------------------------------------------------------- merging
+
+
+def _merge_shards(
+    shard_dirs: list[Path],
+) -> tuple[np.ndarray, pd.DataFrame, dict[str, np.ndarray], list[dict[str, Any]]]:
+    """Concatenate shards in the given order, checking that they belong together."""
+    if not shard_dirs:
+        raise MarsevalError("build_index: no shards given")
+    parts = [(Path(d), *read_shard(d)) for d in shard_dirs]
+    first_dir, first, first_ids, first_extras = parts[0]
+    seen: dict[str, Path] = {}
+    for shard_dir, embeddings, ids, extras in parts:
+        if embeddings.shape[1] != first.shape[1]:
+            raise IndexMismatchError(
+                f"shard {shard_dir} holds {embeddings.shape[1]}-d embeddings but shard "
+                f"{first_dir} holds {first.shape[1]}-d (embeddings of a different model?)")
+        if list(ids.columns) != list(first_ids.columns):
+            raise IndexMismatchError(f"shard {shard_dir} has id columns {list(ids.columns)} but "
+                                     f"shard {first_dir} has {list(first_ids.columns)}")
+        if sorted(extras) != sorted(first_extras):
+            raise IndexMismatchError(f"shard {shard_dir} has extras {sorted(extras)} but shard "
+                                     f"{first_dir} has {sorted(first_extras)}")
+        for sample_id in ids["id"]:
+            if sample_id in seen:
+                raise IndexMismatchError(f"id {sample_id!r} is in shard {seen[sample_id]} and in "
+                                         f"shard {shard_dir}")
+            seen[sample_id] = shard_dir
+    embeddings = np.ascontiguousarray(np.concatenate([p[1] for p in parts]), dtype=np.float32)
+    ids = pd.concat([p[2] for p in parts], ignore_index=True)
+    extras = {}
+    for name in first_extras:
+        try:
+            extras[name] = np.concatenate([p[3][name] for p in parts])
+        except ValueError as error:
+            shapes = {str(p[0]): p[3][name].shape for p in parts}
+            raise IndexMismatchError(f"extra {name!r} has incompatible shapes across shards: "
+                                     f"{shapes}") from error
+    shards = [{"path": str(p[0]), "n": len(p[1])} for p in parts]
+    return embeddings, ids, extras, shards
+
+
+# ---------------------------------------------------------------- faiss
+
+
+def gpu_available() -> bool:
+    """Whether this faiss build has GPU support and sees at least one GPU."""
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def _want_gpu(use_gpu: str) -> bool:
+    if use_gpu not in ("auto", "yes", "no"):
+        raise MarsevalError(f"use_gpu must be 'auto', 'yes' or 'no', got {use_gpu!r}")
+    if use_gpu == "yes" and not gpu_available():
+        raise MarsevalError("use_gpu is 'yes' but faiss has no GPU here (faiss-cpu installed, "
+                            f"or no visible GPU; faiss.get_num_gpus() = {faiss.get_num_gpus()})")
+    return use_gpu != "no" and gpu_available()
+
+
+@functools.cache
+def _gpu_resources() -> Any:
+    # one per process: GPU indexes must not outlive the resources they were made with
+    return faiss.StandardGpuResources()
+
+
+def _to_gpu(index: Any) -> Any:
+    return faiss.index_cpu_to_gpu(_gpu_resources(), 0, index)
+
+
+def default_nlist(n: int) -> int:
+    """About 4 sqrt(n) lists, at most n // 39 so each centroid trains on >= 39 points."""
+    return int(min(max(round(4 * math.sqrt(n)), 1), max(n // 39, 1)))
+
+
+def _ivf_centroids(train: np.ndarray, nlist: int, seed: int, gpu: bool) -> np.ndarray:
+    """Spherical k-means as IndexIVF.train runs it for inner product, but with our seed."""
+    params = faiss.ClusteringParameters()
+    params.niter, params.spherical, params.seed = 10, True, seed
+    params.max_points_per_centroid = max(len(train) // nlist + 1, 256)  # no second subsample
+    clustering = faiss.Clustering(train.shape[1], nlist, params)
+    assign = faiss.IndexFlatIP(train.shape[1])
+    clustering.train(train, _to_gpu(assign) if gpu else assign)
+    return faiss.vector_to_array(clustering.centroids).reshape(nlist, train.shape[1])
+
+
+def make_index(
+    embeddings: np.ndarray,
+    kind: str = "exact",
+    *,
+    nlist: int | None = None,
+    nprobe: int = 16,
+    hnsw_m: int = 32,
+    ef_search: int = 128,
+    seed: int = 0,
+    max_train: int | None = None,
+    gpu: bool = False,
+) -> tuple[Any, dict[str, Any]]:
+    """A filled faiss index over `embeddings` (on the GPU where `gpu` and the kind allows)
+    and the parameters it was built with. IVF trains on at most `max_train` rows (default
+    256 * nlist) sampled with `seed`."""
+    n, dim = embeddings.shape
+    params: dict[str, Any] = {"nlist": None, "nprobe": None, "hnsw_m": None, "ef_search": None}
+    if kind == "exact":
+        index = faiss.IndexFlatIP(dim)
+        index = _to_gpu(index) if gpu else index
+    elif kind == "ivf":
+        nlist = default_nlist(n) if nlist is None else nlist
+        if not 1 <= nlist <= n:
+            raise MarsevalError(f"ivf: nlist must be between 1 and the {n} vectors, got {nlist}")
+        rng = np.random.default_rng(seed)
+        cap = min(n, max_train or 256 * nlist)
+        if cap < nlist:
+            raise MarsevalError(f"ivf: {cap} training vectors for {nlist} lists")
+        rows = np.sort(rng.choice(n, cap, replace=False)) if cap < n else slice(None)
+        quantizer = faiss.IndexFlatIP(dim)
+        quantizer.add(_ivf_centroids(np.ascontiguousarray(embeddings[rows]), nlist, seed, gpu))
+        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.nprobe = min(nprobe, nlist)
+        index = _to_gpu(index) if gpu else index
+        params.update(nlist=nlist, nprobe=min(nprobe, nlist), train_size=cap)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efSearch = ef_search
+        params.update(hnsw_m=hnsw_m, ef_search=ef_search,
+                      ef_construction=int(index.hnsw.efConstruction))
+    else:
+        raise MarsevalError(f"index kind must be one of {KINDS}, got {kind!r}")
+    if kind == "hnsw":
+        _add_single_threaded(index, embeddings)
+    else:
+        index.add(embeddings)
+    return index, params
+
+
+def _add_single_threaded(index: Any, embeddings: np.ndarray) -> None:
+    """faiss inserts HNSW points in parallel, so the graph depends on thread timing; one
+    thread makes the same vectors give the same graph (slower to build, same to search)."""
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        index.add(embeddings)
+    finally:
+        faiss.omp_set_num_threads(threads)
+
+
+def recall_at_k(approximate: np.ndarray, exact: np.ndarray, k: int = 10) -> float:
+    """Mean over queries of |top-k approximate ∩ top-k exact| / k (positions, (Q, >=k))."""
+    approximate, exact = np.asarray(approximate)[:, :k], np.asarray(exact)[:, :k]
+    if len(approximate) != len(exact):
+        raise MarsevalError(f"recall_at_k: {len(approximate)} approximate result rows but "
+                            f"{len(exact)} exact ones")
+    if len(exact) == 0:
+        return float("nan")
+    hits = [len(np.intersect1d(a[a >= 0], e[e >= 0])) for a, e in zip(approximate, exact,
+                                                                      strict=True)]
+    return float(np.mean(hits) / k)
+
+
+def _measure_recall(index: Any, embeddings: np.ndarray, queries: int, seed: int,
+                    gpu: bool) -> tuple[float, int]:
+    """recall@10 of `index` against exact search, database vectors as queries."""
+    n = len(embeddings)
+    rng = np.random.default_rng([seed, 1])  # independent of the IVF training sample
+    rows = np.sort(rng.choice(n, min(queries, n), replace=False))
+    sample = np.ascontiguousarray(embeddings[rows])
+    k = min(10, n)
+    exact, _ = make_index(embeddings, "exact", gpu=gpu)
+    _, truth = exact.search(sample, k)
+    _, found = index.search(sample, k)
+    return recall_at_k(found, truth, k), len(rows)
+
+
+def build_index(
+    shard_dirs: list[Path],
+    out_dir: Path,
+    *,
+    kind: str = "exact",
+    nlist: int | None = None,
+    nprobe: int = 16,
+    hnsw_m: int = 32,
+    ef_search: int = 128,
+    use_gpu: str = "auto",
+    seed: int = 0,
+    recall_queries: int = 1000,
+) -> dict:
+    """Merge shards (in the given order) into one faiss index written as `out_dir`; returns
+    the contents of its index.json."""
+    out_dir = Path(out_dir)
+    if kind not in KINDS:
+        raise MarsevalError(f"index {out_dir}: kind must be one of {KINDS}, got {kind!r}")
+    gpu = _want_gpu(use_gpu) and kind != "hnsw"  # faiss has no GPU HNSW
+    embeddings, ids, extras, shards = _merge_shards([Path(d) for d in shard_dirs])
+    if len(embeddings) == 0:
+        raise MarsevalError(f"index {out_dir}: the shards hold no embeddings "
+                            f"({', '.join(s['path'] for s in shards)})")
+    start = time.perf_counter()
+    index, params = make_index(embeddings, kind, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m,
+                               ef_search=ef_search, seed=seed, gpu=gpu)
+    info: dict[str, Any] = {
+        "kind": kind, "dim": int(embeddings.shape[1]), "ntotal": int(index.ntotal),
+        "params": params, "seed": seed, "build_seconds": round(time.perf_counter() - start, 3),
+        "device": "cuda" if gpu else "cpu", "faiss_version": faiss.__version__,
+        "shards": shards, "extras": sorted(extras),
+    }
+    if kind != "exact":
+        recall, used = _measure_recall(index, embeddings, recall_queries, seed, gpu)
+        info.update(recall_at_10_vs_exact=recall, recall_queries=used)
+    cpu_index = faiss.index_gpu_to_cpu(index) if gpu else index
+    with atomic_directory(out_dir) as tmp:
+        faiss.write_index(cpu_index, str(tmp / "index.faiss"))
+        ids.to_parquet(tmp / "ids.parquet", index=False)
+        np.save(tmp / "embeddings.npy", embeddings)
+        for name, values in extras.items():
+            np.save(tmp / f"{name}.npy", values)
+        atomic_write_json(tmp / "index.json", info)
+    return info
+
+
+# ---------------------------------------------------------------- search
+
+
+class SearchIndex:
+    """An index folder written by `build_index`, ready to search."""
+
+    def __init__(self, index_dir: Path, info: dict[str, Any], index: Any, ids: pd.DataFrame,
+                 gpu_index: Any = None) -> None:
+        self.index_dir, self.info, self.ids = index_dir, info, ids
+        self.dim, self.ntotal = int(info["dim"]), int(info["ntotal"])
+        self._cpu, self._gpu = index, gpu_index
+
+    @classmethod
+    def load(cls, index_dir: Path, use_gpu: str = "auto") -> SearchIndex:
+        """Read an index folder; exact and IVF indexes go to the GPU where one is used."""
+        index_dir = Path(index_dir)
+        info = _read_json(index_dir / "index.json")
+        path = index_dir / "index.faiss"
+        if not path.is_file():
+            raise MarsevalError(f"{path} is missing")
+        index = faiss.read_index(str(path))
+        ids = _read_ids(index_dir / "ids.parquet")
+        if not index.ntotal == len(ids) == info.get("ntotal") or index.d != info.get("dim"):
+            raise MarsevalError(
+                f"index {index_dir} is inconsistent: index.faiss holds {index.ntotal} "
+                f"{index.d}-d vectors, ids.parquet {len(ids)} rows, index.json says "
+                f"{info.get('ntotal')} {info.get('dim')}-d")
+        params = info.get("params", {})
+        if params.get("nprobe"):
+            faiss.extract_index_ivf(index).nprobe = params["nprobe"]
+        if params.get("ef_search"):
+            index.hnsw.efSearch = params["ef_search"]
+        gpu_index = _to_gpu(index) if info["kind"] != "hnsw" and _want_gpu(use_gpu) else None
+        return cls(index_dir, info, index, ids.astype({"id": str}), gpu_index)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Scores (float32, (Q, k)) and positions (int64, (Q, k)) of the k best matches of
+        each query, best first; k is clamped to ntotal. An approximate index that finds
+        fewer than k gives position -1 and score -inf for the missing ones."""
+        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            got = queries.shape[1] if queries.ndim == 2 else queries.shape
+            raise IndexMismatchError(
+                f"index {self.index_dir} built from {self.dim}-d embeddings; queries are "
+                f"{got}-d (embeddings of a different model?)")
+        if k < 1:
+            raise MarsevalError(f"search of index {self.index_dir}: k must be >= 1, got {k}")
+        k = min(k, self.ntotal)
+        if len(queries) == 0:
+            return np.empty((0, k), np.float32), np.empty((0, k), np.int64)
+        index = self._gpu if self._gpu is not None and k <= GPU_MAX_K else self._cpu
+        scores, positions = index.search(queries, k)
+        scores[positions < 0] = -np.inf
+        return scores.astype(np.float32, copy=False), positions.astype(np.int64, copy=False)
+
+    def embeddings(self) -> np.ndarray:
+        """The merged float32 (ntotal, dim) matrix, memory-mapped."""
+        return _load_npy(self.index_dir / "embeddings.npy", mmap=True)
+
+    def extra(self, name: str) -> np.ndarray:
+        """A merged per-row extra array (e.g. `text_embeddings`), memory-mapped."""
+        if name not in self.info.get("extras", []):
+            raise MarsevalError(f"index {self.index_dir} has no extra {name!r} (it has "
+                                f"{self.info.get('extras', [])})")
+        return _load_npy(self.index_dir / f"{name}.npy", mmap=True)
