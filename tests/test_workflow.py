@@ -60,13 +60,18 @@ def test_paper_dag_builds_without_network(tmp_path: Path, workflow_env: dict[str
     # 7 seeds x (1 + 7 partitions + 6 few-shot) runs. 8 segmentation sets x 4 models and
     # 3 detection sets x 4 models: no features, 8 tune shards, select, 7 seeds x (1 + 7
     # partitions) runs. One runs table per task.
+    # MarsRetrieval: 7 models x 3 tasks, each embedded in 8 shards, indexed and evaluated;
+    # queries for landform and geo-localization; one summary per task.
     classification, dense = 9 * 5, 8 * 4 + 3 * 4
     pairs = classification + dense
     train = classification * 7 * 14 + dense * 7 * 8
+    retrieval = {"embed": 7 * 3 * 8, "index": 7 * 3, "queries": 7 * 2, "evaluate": 7 * 3,
+                 "retrieval_report": 3}
     assert counts == {"download": 23, "standardize": 23, "data_summary": 1,
                       "features": classification, "tune": pairs * 8, "select": pairs,
-                      "train": train, "collect": 3, "report": 3, "all": 1,
-                      "total": 47 + classification + pairs * (8 + 1) + train + 3 + 3 + 1}
+                      "train": train, "collect": 3, "report": 3, "all": 1, **retrieval,
+                      "total": 47 + classification + pairs * (8 + 1) + train + 3 + 3 + 1
+                      + sum(retrieval.values())}
     assert "resources/raw/huggingface/mb-s5mars" in result.stdout + result.stderr
 
 
@@ -88,7 +93,7 @@ def test_embedded_default_runs_end_to_end(tmp_path: Path, workflow_env: dict[str
     # about 6 minutes on 2 idle cores; the limit leaves room for a busy machine
     result = snakemake(args, env, timeout=1800)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "Stages that come next" in result.stdout + result.stderr
+    assert "summarised per task in results/retrieval/report" in result.stdout + result.stderr
     assert not netlog.exists(), netlog.read_text()
     import yaml
 
@@ -139,6 +144,18 @@ def test_embedded_default_runs_end_to_end(tmp_path: Path, workflow_env: dict[str
             assert len(aggregate) == 1 and aggregate["iqm"].between(0, 1).all()
             assert (folder / "figures/normalized_violins.png").stat().st_size > 1000
             assert (folder / "figures/training_size.pdf").stat().st_size > 1000
+    paired = pd.read_csv(tmp_path / "results/retrieval/report/paired/summary.csv")
+    assert paired["model"].tolist() == ["tiny-clip"]
+    assert paired[["i2t_r1", "t2i_r10", "t2i_mrr"]].stack().between(0, 1).all()
+    assert (paired["i2t_medr"] >= 1).all() and paired["n"].item() == 64
+    landform = pd.read_csv(tmp_path / "results/retrieval/report/landform/summary.csv")
+    assert landform[["map", "r_precision", "ndcg10", "hit10"]].stack().between(0, 1).all()
+    geo = pd.read_csv(tmp_path / "results/retrieval/report/geolocalization/summary.csv")
+    assert set(geo["mode"]) == {"text", "image", "hybrid"}
+    assert set(geo["landform"]) == {*get_dataset("mr-geolocalization").classes, "mean"}
+    assert geo[["f1_degrees", "auprc_degrees", "f1_km"]].stack().between(0, 1).all()
+    figures = tmp_path / "results/retrieval/report/geolocalization/figures"
+    assert (figures / "map_tiny-clip_hybrid.png").stat().st_size > 1000
     report = snakemake([*args, "--report", str(tmp_path / "report.html")], env)
     assert report.returncode == 0, report.stdout + report.stderr
     html = (tmp_path / "report.html").read_text()
@@ -146,6 +163,7 @@ def test_embedded_default_runs_end_to_end(tmp_path: Path, workflow_env: dict[str
                                           ("classification", "segmentation", "detection"))
     # the report stage's figures and tables are in the page too
     assert "raw_violins.png" in html and "per_dataset_iqm.csv" in html
+    assert "map_tiny-clip_text.png" in html and "per_class_ap.csv" in html
     # nothing temporary is left behind, and a rerun has nothing to do
     assert not list((tmp_path / "results/data").glob(".*"))
     again = snakemake([*args, "-n"], env)
