@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from marseval.errors import MarsevalError
+from marseval.gpu import GPU_COMMANDS, claim_gpu
 from marseval.registry import RegistryError
 
 
@@ -322,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
+        if args.command in GPU_COMMANDS and getattr(args, "device", "auto") == "auto":
+            claim_gpu()  # before CUDA starts: concurrent GPU jobs get distinct devices
         run(args)
     except (MarsevalError, RegistryError) as exc:
         print(f"error: {exc}", file=sys.stderr)

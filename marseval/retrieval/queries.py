@@ -7,8 +7,9 @@
   temperature 0.1, then 0.3 x image + 0.7 x text, re-normalised.
 
 A vision-only model gets image queries only (none at all for landform retrieval: its file
-then holds no mode, and evaluation reports the model as not applicable). The output is one .npz (no pickles): for each
-mode an array `<mode>` of shape (classes, dim), plus `classes` and `modes`.
+then holds no mode, and evaluation reports the model as not applicable). The output is one
+.npz (no pickles): for each mode an array `<mode>` of shape (classes, dim), plus `classes`
+and `modes`.
 """
 
 from __future__ import annotations
