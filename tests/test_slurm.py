@@ -1,0 +1,91 @@
+"""The SLURM profile on a real single-node cluster (tests/support/slurm_cluster.py).
+
+A representative part of the embedded default, landform and paired retrieval (download,
+standardize, 4 embedding shards and a query job on GPUs, indexes, evaluations, summaries),
+goes through `--profile profiles/slurm` and again through a local run: the results must be
+identical, every GPU rule must have asked SLURM for one GPU, and at most two GPU jobs (the
+node's two GRES GPUs) may have run at once. CI installs slurm-wlm and munge (.ci/run);
+elsewhere the test skips with the reason.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+sys.path.insert(0, str(Path(__file__).parent / "support"))
+from slurm_cluster import SlurmCluster, missing  # noqa: E402
+from test_workflow import snakemake  # noqa: E402
+
+pytestmark = pytest.mark.cluster
+TARGETS = ["results/retrieval/report/landform", "results/retrieval/report/paired"]
+CONFIG = ["--configfile", str(REPO / "config/config.yaml"), "--config",
+          "datasets=[mr-landforms,mr-vl_pairs]"]
+GPU_RULES = {"embed", "queries"}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory):
+    reason = missing()
+    if reason is not None:
+        pytest.skip(reason)
+    running = SlurmCluster(tmp_path_factory.mktemp("slurm"), gpus=2, cpus=8).start()
+    yield running
+    running.stop()
+
+
+def _rule_of(job: dict[str, str]) -> str:
+    # the plugin puts "rule_<name>_wildcards_..." into the job comment
+    comment = job.get("Comment", "")
+    return comment.removeprefix("rule_").split("_wildcards")[0]
+
+
+def _time(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+def test_slurm_profile_matches_a_local_run(cluster: SlurmCluster, tmp_path: Path,
+                                           workflow_env: dict[str, str]) -> None:
+    env = dict(workflow_env, SLURM_CONF=cluster.env["SLURM_CONF"])
+    on_slurm, local = tmp_path / "slurm", tmp_path / "local"
+    result = snakemake([*TARGETS, "--profile", str(REPO / "profiles/slurm"), "-d",
+                        str(on_slurm), *CONFIG, "--slurm-no-account",
+                        "--slurm-status-command", "squeue",
+                        "--slurm-init-seconds-before-status-checks", "2",
+                        "--default-resources", "slurm_partition=test"], env, timeout=1500)
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+    local_run = snakemake([*TARGETS, "--cores", "2", "-d", str(local), *CONFIG], workflow_env,
+                          timeout=900)
+    assert local_run.returncode == 0, local_run.stdout + local_run.stderr
+
+    for task in ("landform", "paired"):
+        folder = Path("results/retrieval/report") / task
+        assert filecmp.cmp(on_slurm / folder / "summary.csv", local / folder / "summary.csv",
+                           shallow=False)
+    for dataset in ("mr-landforms", "mr-vl_pairs"):
+        record = Path("results/retrieval/eval") / dataset / "tiny-clip" / "metrics.json"
+        assert (json.loads((on_slurm / record).read_text())
+                == json.loads((local / record).read_text()))
+
+    jobs = [j for j in cluster.jobs() if j.get("WorkDir") == str(on_slurm)]
+    rules = [_rule_of(j) for j in jobs]
+    assert sorted(rules) == sorted(["download"] * 2 + ["standardize"] * 2 + ["embed"] * 4
+                                   + ["index"] * 2 + ["queries", "evaluate", "evaluate",
+                                                      "retrieval_report", "retrieval_report"])
+    assert all(j["JobState"] == "COMPLETED" for j in jobs)
+    gpu_jobs = [j for j, rule in zip(jobs, rules, strict=True) if rule in GPU_RULES]
+    assert all(j["TresPerJob"] == "gres:gpu:1" for j in gpu_jobs)
+    assert not any("gpu" in j.get("TresPerJob", "")
+                   for j, rule in zip(jobs, rules, strict=True) if rule not in GPU_RULES)
+    intervals = [(_time(j["StartTime"]), _time(j["EndTime"])) for j in gpu_jobs]
+    most_at_once = max(sum(s <= t < e for s, e in intervals) for t, _ in intervals)
+    assert 1 <= most_at_once <= 2
+    # each GPU job ran on the device SLURM gave it, which the slot allocator left alone
+    for log in (on_slurm / "results/logs/embed").rglob("*.log"):
+        assert "was set by the scheduler or user: left alone" in log.read_text()
