@@ -1,14 +1,16 @@
 """A real single-node SLURM cluster on 127.0.0.1 for tests (Debian's slurm-wlm and munge).
 
 One node with two fake GPUs declared as GRES, whose `File=` entries are character-device
-nodes the cluster makes; no accounting database (job states are read with squeue/scontrol, and finished jobs
-stay visible for `MinJobAge` seconds); every file of the cluster lives under one folder.
+nodes the cluster makes; no accounting database (job states are read with squeue/scontrol,
+and finished jobs stay visible for `MinJobAge` seconds); every file of the cluster lives
+under one folder.
 Needs root (slurmd runs jobs as their user) and the Debian packages; `missing()` says why a
 cluster cannot start here.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -151,10 +153,8 @@ PartitionName=test Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
         for pid_file in ("slurmd.pid", "slurmctld.pid"):
             path = self.root / pid_file
             if path.exists():
-                try:
+                with contextlib.suppress(ProcessLookupError, ValueError):
                     os.kill(int(path.read_text().strip()), 15)
-                except (ProcessLookupError, ValueError):
-                    pass
         if self._started_munge:
             subprocess.run(["pkill", "-x", "munged"], capture_output=True)
         if SYSTEM_CONF.is_symlink() and SYSTEM_CONF.resolve() == self.conf.resolve():
