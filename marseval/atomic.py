@@ -1,11 +1,17 @@
-"""Atomic outputs: write beside the target, then rename; nothing half-written looks finished."""
+"""Atomic outputs: write beside the target, then rename; nothing half-written looks finished.
+
+Temporary names are `.<name>.<host>-<pid>.<random>.tmp`: a writer killed with SIGKILL cannot
+clean up, so the next writer of the same target removes the leftovers of dead processes.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +22,39 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def _owner_tag() -> str:
+    """Host and pid in every temporary name, so a later writer can tell a dead one's leftovers."""
+    return f"{socket.gethostname().split('.')[0]}-{os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(target: Path) -> list[Path]:
+    """Delete the temporary siblings of `target` left by killed writers on this host (their
+    pid is gone); a live writer's, or another host's, are kept. Returns what was removed."""
+    host = socket.gethostname().split(".")[0]
+    removed = []
+    for tmp in target.parent.glob(f".{target.name}.*.tmp"):
+        match = re.fullmatch(rf"\.{re.escape(target.name)}\.(.+)-(\d+)\.[^.]+\.tmp", tmp.name)
+        if match is None or match[1] != host or _alive(int(match[2])):
+            continue
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        removed.append(tmp)
+    return removed
 
 
 def _fsync_dir(path: Path) -> None:
@@ -33,7 +72,9 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
     block ends without error; on error the temporary file is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_owner_tag()}.", suffix=".tmp",
+                               dir=path.parent)
     try:
         # mkstemp makes 0600 files; outputs get the usual permissions (shared clusters)
         os.fchmod(fd, 0o666 & ~_umask())
@@ -73,7 +114,9 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    remove_stale_temporaries(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{_owner_tag()}.", suffix=".tmp",
+                                dir=target.parent))
     tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700 folders
     try:
         yield tmp

@@ -33,6 +33,24 @@ class ConfigError(ValueError):
 
 
 def check_config(config: dict[str, Any]) -> None:
+    _check_datasets(config)
+    _check_models(config)
+
+
+def _check_models(config: dict[str, Any]) -> None:
+    """A misspelled model stops the run at start, not at its first job."""
+    from marseval.registry.model_names import model_name_problem
+
+    named = [(f"bench.models.{task}", task, name) for task in BENCH_TASKS
+             for name in config["bench"]["models"][task]]
+    named += [("retrieval.models", "retrieval", name) for name in config["retrieval"]["models"]]
+    for key, task, name in named:
+        problem = model_name_problem(task, name)
+        if problem:
+            raise ConfigError(f"config key {key}: {problem}")
+
+
+def _check_datasets(config: dict[str, Any]) -> None:
     for key in ("datasets", "dataset_options"):
         for name in config[key]:
             try:

@@ -23,13 +23,17 @@ def tool(name: str) -> str:
     return str(path) if path.exists() else (shutil.which(name) or name)
 
 
-@pytest.fixture
-def workflow_env() -> dict[str, str]:
+def make_workflow_env() -> dict[str, str]:
     """Environment for snakemake subprocesses: this interpreter first, no network proxies."""
     env = dict(os.environ)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONPATH"] = str(REPO)
     return env
+
+
+@pytest.fixture
+def workflow_env() -> dict[str, str]:
+    return make_workflow_env()
 
 
 @contextlib.contextmanager

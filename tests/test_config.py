@@ -85,6 +85,35 @@ def test_dataset_missing_from_registry_names_the_key() -> None:
         check_config(config)
 
 
+@pytest.mark.parametrize(("task", "name", "expected"), [
+    ("classification", "resnet1O1", "close matches: resnet101"),
+    ("classification", "timm:", "not a classification model"),
+    ("segmentation", "unett:resnet34", "close matches: unet"),
+    ("segmentation", "unet", "use <arch>:<encoder>"),
+    ("detection", "yolo11q", "close matches: yolo11"),
+    ("retrieval", "open-clip:ViT-B-16", "not a retrieval model"),
+])
+def test_model_missing_from_registry_names_the_key(task: str, name: str, expected: str) -> None:
+    config = load("config.yaml")
+    section = config["retrieval"] if task == "retrieval" else config["bench"]["models"]
+    key = "models" if task == "retrieval" else task
+    section[key] = [*section.get(key, []), name]
+    where = "retrieval.models" if task == "retrieval" else f"bench.models.{task}"
+    with pytest.raises(ConfigError, match=rf"config key {where}: '{name}' .*{expected}"):
+        check_config(validated(config))
+
+
+def test_model_names_agree_with_the_builders() -> None:
+    from marseval.bench.models import TORCHVISION_MODELS
+    from marseval.registry.model_names import CLASSIFICATION_BACKBONES, model_name_problem
+
+    assert sorted(TORCHVISION_MODELS) == sorted(CLASSIFICATION_BACKBONES)
+    for name in (*load("paper.yaml")["retrieval"]["models"], "tiny-clip"):
+        assert model_name_problem("retrieval", name) is None
+    for task, names in load("paper.yaml")["bench"]["models"].items():
+        assert all(model_name_problem(task, n) is None for n in names)
+
+
 def test_paper_config_is_the_papers_protocol() -> None:
     config = validated(load("paper.yaml"))
     assert len(config["datasets"]) == 23

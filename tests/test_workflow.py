@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
-from conftest import REPO, tool
+from conftest import REPO, make_workflow_env, tool
 
 SUPPORT = Path(__file__).parent / "support"
 
@@ -84,14 +88,46 @@ def test_unknown_config_key_stops_the_workflow(workflow_env: dict[str, str],
     assert "'sourse' was unexpected" in result.stdout + result.stderr
 
 
-def test_embedded_default_runs_end_to_end(tmp_path: Path, workflow_env: dict[str, str]) -> None:
+def embedded_args(workdir: Path) -> list[str]:
+    return ["--cores", "2", "-d", str(workdir), "--configfile", str(REPO / "config/config.yaml")]
+
+
+def guarded_env(workdir: Path) -> dict[str, str]:
+    """The workflow environment with every outgoing connection logged (tests/support)."""
+    env = make_workflow_env()
+    return dict(env, MARSEVAL_NETLOG=str(workdir / "connections.log"),
+                PYTHONPATH=f"{SUPPORT}{os.pathsep}{env['PYTHONPATH']}")
+
+
+@pytest.fixture(scope="module")
+def embedded_default(tmp_path_factory: pytest.TempPathFactory):
+    """One run of the embedded default from scratch, shared by the tests that inspect it."""
+    workdir = tmp_path_factory.mktemp("embedded")
+    # about 7 minutes on 2 idle cores; the limit leaves room for a busy machine
+    result = snakemake(embedded_args(workdir), guarded_env(workdir), timeout=1800)
+    return workdir, result
+
+
+def result_files(workdir: Path) -> dict[str, bytes]:
+    """Every table and metrics record a run makes (figures and logs aside)."""
+    results = workdir / "results"
+    found = [*results.glob("**/*.csv"), *results.glob("report/*/normalizer.json"),
+             *results.glob("retrieval/eval/*/*/metrics.json")]
+    return {str(p.relative_to(workdir)): p.read_bytes() for p in found if "logs" not in p.parts}
+
+
+def assert_same_results(first: Path, second: Path) -> None:
+    a, b = result_files(first), result_files(second)
+    assert sorted(a) == sorted(b)
+    assert len(a) > 40  # runs tables, reports, retrieval summaries...
+    assert [name for name in a if a[name] != b[name]] == []
+
+
+def test_embedded_default_runs_end_to_end(embedded_default) -> None:
+    tmp_path, result = embedded_default
     netlog = tmp_path / "connections.log"
-    env = dict(workflow_env, MARSEVAL_NETLOG=str(netlog),
-               PYTHONPATH=f"{SUPPORT}{os.pathsep}{workflow_env['PYTHONPATH']}")
-    args = ["--cores", "2", "-d", str(tmp_path), "--configfile",
-            str(REPO / "config/config.yaml")]
-    # about 6 minutes on 2 idle cores; the limit leaves room for a busy machine
-    result = snakemake(args, env, timeout=1800)
+    env = guarded_env(tmp_path)
+    args = embedded_args(tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "summarised per task in results/retrieval/report" in result.stdout + result.stderr
     assert not netlog.exists(), netlog.read_text()
@@ -168,6 +204,61 @@ def test_embedded_default_runs_end_to_end(tmp_path: Path, workflow_env: dict[str
     assert not list((tmp_path / "results/data").glob(".*"))
     again = snakemake([*args, "-n"], env)
     assert "Nothing to be done" in again.stdout + again.stderr
+    if shutil.which("nvidia-smi") is None:  # GPU rules ran on the CPU, and said so
+        log = (tmp_path / "results/logs/embed/mr-landforms/tiny-clip/shard0.log").read_text()
+        assert "no GPU on this machine: this GPU job runs on the CPU" in log
+
+
+def test_embedded_default_is_deterministic(embedded_default, tmp_path: Path) -> None:
+    first, result = embedded_default
+    assert result.returncode == 0, result.stdout + result.stderr
+    again = snakemake(embedded_args(tmp_path), guarded_env(tmp_path), timeout=1800)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert_same_results(first, tmp_path)
+
+
+def _readable(path: Path) -> None:
+    if path.suffix == ".json":
+        json.loads(path.read_text())
+    elif path.suffix == ".parquet":
+        pd.read_parquet(path)
+    elif path.suffix == ".csv":
+        pd.read_csv(path)
+
+
+def test_a_killed_workflow_completes_with_rerun_incomplete(embedded_default,
+                                                           tmp_path: Path) -> None:
+    first, result = embedded_default
+    assert result.returncode == 0, result.stdout + result.stderr
+    args, env = embedded_args(tmp_path), guarded_env(tmp_path)
+    # Snakemake and its running jobs are killed together (SIGKILL to the process group) once
+    # the first final-run records exist, with more training and retrieval still running.
+    run = subprocess.Popen([tool("snakemake"), "-s", str(REPO / "Snakefile"), *args],
+                           cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 1500
+    while (not list((tmp_path / "results/runs").glob("*/*/*/seed*.json"))
+           and run.poll() is None and time.monotonic() < deadline):
+        time.sleep(0.5)
+    assert run.poll() is None, "the workflow finished before it could be killed"
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait(timeout=60)
+    # whatever has its final name is complete; unfinished work is hidden *.tmp siblings
+    finished = [p for p in (tmp_path / "results").rglob("*")
+                if p.is_file() and not any(part.startswith(".") for part in
+                                           p.relative_to(tmp_path).parts)]
+    for path in finished:
+        _readable(path)
+
+    # a killed Snakemake cannot remove its lock: --unlock first, as the README says
+    unlocked = snakemake([*args, "--unlock"], env)
+    assert unlocked.returncode == 0, unlocked.stdout + unlocked.stderr
+    resumed = snakemake([*args, "--rerun-incomplete"], env, timeout=1800)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert_same_results(first, tmp_path)
+    leftovers = [p for p in (tmp_path / "results").rglob("*.tmp")
+                 if "logs" not in p.parts]
+    assert leftovers == []
 
 
 def test_paper_figures_redraw_the_published_runs(tmp_path: Path,

@@ -33,20 +33,13 @@ from marseval.bench.models import (
     offline_var,
 )
 from marseval.errors import MarsevalError
+from marseval.registry.model_names import DETECTORS
 
 # COCO-style evaluation: keep low-confidence boxes (they count for AP), at most 100 per image
 SCORE_THRESH = 0.001
 MAX_DETECTIONS = 100
 YOLO_NMS_IOU = 0.7  # ultralytics' validation default
 
-YOLO_SIZES = "nsmlx"
-
-DETECTORS: dict[str, str] = {
-    "fasterrcnn_resnet50_fpn": "Faster R-CNN R50-FPN",
-    "retinanet_resnet50_fpn_v2": "RetinaNet v2 R50-FPN",
-    "ssd300_vgg16": "SSD300 VGG16",
-    **{f"yolo11{size}": f"YOLO11{size}" for size in YOLO_SIZES},
-}
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,7 @@ from marseval.bench.models import (
     offline_var,
 )
 from marseval.errors import MarsevalError
-
-SEGMENTATION_ARCHS = ("unet", "deeplabv3plus", "segformer", "dpt")
+from marseval.registry.model_names import SEGMENTATION_ARCHS
 
 # smp class names (smp.create_model keys are the lower-cased class names)
 _SMP_ARCH = {"unet": "unet", "deeplabv3plus": "deeplabv3plus", "segformer": "segformer",

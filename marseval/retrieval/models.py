@@ -35,11 +35,10 @@ from torch.nn import functional as F
 
 from marseval.bench.models import _hf_offline, offline_var
 from marseval.errors import MarsevalError
+from marseval.registry.model_names import TINY_CLIP
 
-TINY_CLIP = "tiny-clip"
 TINY_CLIP_ARCH = "marseval-tiny-clip"
 TINY_CLIP_SEED = 0
-PREFIXES = ("open_clip:", "transformers:")
 POOLINGS = ("cls", "mean")
 
 

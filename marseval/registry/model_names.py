@@ -1,0 +1,60 @@
+"""Model names every stage accepts, checked while the Snakefile is parsed.
+
+Only names and their grammar live here (no torch, no hub): the config check stops a run with
+a misspelled model before any job starts, instead of failing the first job that builds it.
+The builders in marseval.bench and marseval.retrieval take their name lists from here.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+# The Mars-Bench paper's torchvision backbones (plus ResNet50); `timm:<name>` takes any timm model.
+CLASSIFICATION_BACKBONES = ("resnet101", "squeezenet1_1", "inception_v3", "swin_v2_b",
+                            "vit_l_16", "resnet50")
+SEGMENTATION_ARCHS = ("unet", "deeplabv3plus", "segformer", "dpt")
+YOLO_SIZES = "nsmlx"
+DETECTORS: dict[str, str] = {
+    "fasterrcnn_resnet50_fpn": "Faster R-CNN R50-FPN",
+    "retinanet_resnet50_fpn_v2": "RetinaNet v2 R50-FPN",
+    "ssd300_vgg16": "SSD300 VGG16",
+    **{f"yolo11{size}": f"YOLO11{size}" for size in YOLO_SIZES},
+}
+TINY_CLIP = "tiny-clip"
+RETRIEVAL_PREFIXES = ("open_clip:", "transformers:")
+
+
+def _close(name: str, known: list[str]) -> str:
+    matches = difflib.get_close_matches(name, known, n=3)
+    return f"; close matches: {', '.join(matches)}" if matches else ""
+
+
+def model_name_problem(task: str, name: str) -> str | None:
+    """Why `name` is not a model of `task` (classification, segmentation, detection,
+    retrieval), or None when it is well-formed."""
+    if task == "classification":
+        if name in CLASSIFICATION_BACKBONES or (name.startswith("timm:") and name[5:]):
+            return None
+        known = list(CLASSIFICATION_BACKBONES)
+        return (f"{name!r} is not a classification model: use one of {', '.join(known)} or "
+                f"timm:<timm model name>{_close(name, known)}")
+    if task == "segmentation":
+        arch, sep, encoder = name.partition(":")
+        if sep and arch.strip().lower() in SEGMENTATION_ARCHS and encoder.strip():
+            return None
+        return (f"{name!r} is not a segmentation model: use <arch>:<encoder> with arch one of "
+                f"{', '.join(SEGMENTATION_ARCHS)} (e.g. unet:resnet34)"
+                f"{_close(arch, list(SEGMENTATION_ARCHS))}")
+    if task == "detection":
+        if name in DETECTORS:
+            return None
+        return (f"{name!r} is not a detection model: use one of {', '.join(DETECTORS)}"
+                f"{_close(name, list(DETECTORS))}")
+    if task == "retrieval":
+        if name == TINY_CLIP or any(name.startswith(p) and name[len(p):]
+                                    for p in RETRIEVAL_PREFIXES):
+            return None
+        return (f"{name!r} is not a retrieval model: use {TINY_CLIP}, open_clip:<architecture>"
+                "[@<tag>], open_clip:hf-hub:<org>/<repo> or transformers:<repo>"
+                f"{_close(name, [TINY_CLIP])}")
+    raise ValueError(f"no model names for task {task!r}")
