@@ -67,9 +67,11 @@ def _fsync_dir(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
+def atomic_writer(path: str | os.PathLike, fsync: bool = True) -> Iterator[BinaryIO]:
     """A binary handle on a temporary file in the folder of `path`, renamed to `path` once the
-    block ends without error; on error the temporary file is removed."""
+    block ends without error; on error the temporary file is removed. `fsync=False` skips the
+    flush to disk, for files whose damage after a power loss is detected and tolerated
+    (training checkpoints)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
@@ -81,7 +83,8 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
         with os.fdopen(fd, "wb") as handle:
             yield handle
             handle.flush()
-            os.fsync(handle.fileno())
+            if fsync:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

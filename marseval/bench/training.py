@@ -20,7 +20,6 @@ import math
 import os
 import random
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -32,6 +31,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from marseval.atomic import atomic_writer
 from marseval.bench.losses import ALL_LOSSES
 from marseval.errors import MarsevalError
 
@@ -326,17 +326,9 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
 
 def _save_atomic(obj: Any, path: Path) -> None:
     """torch.save to a temporary file beside `path`, then rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # no fsync: after a crash a damaged checkpoint is discarded and training restarts
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    # no fsync: after a crash a damaged checkpoint is discarded and training restarts
+    with atomic_writer(path, fsync=False) as handle:
+        torch.save(obj, handle)
 
 
 _CHECKPOINT_KEYS = {
