@@ -288,15 +288,19 @@ def evaluate_inputs(config: dict[str, Any]):
     return inputs
 
 
+def _encoder_job_flags(config: dict[str, Any]) -> list[str]:
+    """Flags of every job that runs an embedding model (embed, queries)."""
+    options = config["retrieval"]
+    flags = [f"--batch-size {options['embed_batch_size']}", f"--device {options['device']}"]
+    return flags + (["--offline"] if config["offline"] else [])
+
+
 def embed_flags(config: dict[str, Any]) -> str:
     options = config["retrieval"]
-    flags = [f"--tile-delta {options['tile_delta']}", f"--tile-pixels {options['tile_pixels']}",
-             f"--max-abs-lat {options['max_abs_lat']}",
-             f"--batch-size {options['embed_batch_size']}", f"--dtype {options['embed_dtype']}",
-             f"--device {options['device']}"]
-    if config["offline"]:
-        flags.append("--offline")
-    return " ".join(flags)
+    return " ".join([f"--tile-delta {options['tile_delta']}",
+                     f"--tile-pixels {options['tile_pixels']}",
+                     f"--max-abs-lat {options['max_abs_lat']}",
+                     f"--dtype {options['embed_dtype']}", *_encoder_job_flags(config)])
 
 
 def index_flags(config: dict[str, Any]) -> str:
@@ -309,11 +313,7 @@ def index_flags(config: dict[str, Any]) -> str:
 
 
 def queries_flags(config: dict[str, Any]) -> str:
-    options = config["retrieval"]
-    flags = [f"--batch-size {options['embed_batch_size']}", f"--device {options['device']}"]
-    if config["offline"]:
-        flags.append("--offline")
-    return " ".join(flags)
+    return " ".join(_encoder_job_flags(config))
 
 
 def evaluate_flags(config: dict[str, Any]) -> str:
