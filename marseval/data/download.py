@@ -50,10 +50,10 @@ OFFLINE_ENV_VARS = ("MARSEVAL_OFFLINE", "HF_HUB_OFFLINE")
 _CHUNK_SIZE = 1 << 20
 _SUPPORTED_ALGOS = ("md5", "sha1", "sha256", "sha512")
 # Status codes worth retrying: server-side hiccups and rate limiting.
-_RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 _TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tbz", ".tar.xz", ".txz")
 _ZIP_SUFFIXES = (".zip",)
-_TRANSIENT_ERRORS = (
+TRANSIENT_ERRORS = (
     requests.RequestException,
     urllib3.exceptions.HTTPError,
     http.client.HTTPException,
@@ -81,7 +81,7 @@ class DownloadError(MarsevalError):
     """Raised when a download, verification or extraction fails."""
 
 
-class _RetryableError(Exception):
+class RetryableError(Exception):
     """Internal: a transient failure that warrants another attempt."""
 
 
@@ -141,7 +141,7 @@ def _download_once(session: requests.Session, url: str, part: Path, timeout: flo
 
     Returns True if the final content was assembled from more than one request
     (i.e. resumed), which makes a checksum mismatch potentially our fault.
-    Raises _RetryableError for transient failures; the bytes received so far
+    Raises RetryableError for transient failures; the bytes received so far
     stay in ``part`` so the next attempt can resume from there.
     """
     offset = part.stat().st_size if part.exists() else 0
@@ -161,11 +161,11 @@ def _download_once(session: requests.Session, url: str, part: Path, timeout: flo
                         "discarding stale %s (%d bytes > remote %s)", part, offset, m.group(1)
                     )
                     part.unlink(missing_ok=True)
-                    raise _RetryableError(f"stale partial file for {url}")
+                    raise RetryableError(f"stale partial file for {url}")
                 logger.info("%s: partial file already complete (%d bytes)", url, offset)
                 return True
-            if status in _RETRY_STATUS or status >= 500:
-                raise _RetryableError(f"HTTP {status} from {url}")
+            if status in RETRY_STATUS or status >= 500:
+                raise RetryableError(f"HTTP {status} from {url}")
             if status >= 400:
                 raise DownloadError(f"HTTP {status} {resp.reason} while downloading {url}")
 
@@ -182,7 +182,7 @@ def _download_once(session: requests.Session, url: str, part: Path, timeout: flo
                         resp.headers.get("Content-Range"),
                     )
                     part.unlink(missing_ok=True)
-                    raise _RetryableError(f"unexpected Content-Range from {url}")
+                    raise RetryableError(f"unexpected Content-Range from {url}")
                 mode, resumed, total = "ab", True, rng[2]
                 logger.info("%s: resuming at byte %d", url, offset)
             elif offset:
@@ -205,18 +205,18 @@ def _download_once(session: requests.Session, url: str, part: Path, timeout: flo
                 fh.flush()
                 os.fsync(fh.fileno())
             if expected_len is not None and received < int(expected_len):
-                raise _RetryableError(
+                raise RetryableError(
                     f"short read from {url}: got {received} of {expected_len} bytes"
                 )
             if total is not None and part.stat().st_size < total:
                 if not received:
-                    raise _RetryableError(f"empty partial response from {url}")
+                    raise RetryableError(f"empty partial response from {url}")
                 # Server sent a shorter range than requested; ask for the rest.
                 raise _IncompleteRange(url)
             return resumed
-    except _TRANSIENT_ERRORS as exc:
+    except TRANSIENT_ERRORS as exc:
         # Connection resets, timeouts and truncated bodies are all transient.
-        raise _RetryableError(f"{type(exc).__name__} while downloading {url}: {exc}") from exc
+        raise RetryableError(f"{type(exc).__name__} while downloading {url}: {exc}") from exc
 
 
 # --------------------------------------------------------------------------- fetch
@@ -265,7 +265,7 @@ def fetch_file(
             except _IncompleteRange:
                 # Progress was made, so this does not use up a retry.
                 continue
-            except _RetryableError as exc:
+            except RetryableError as exc:
                 failures += 1
                 if failures > retries:
                     raise DownloadError(

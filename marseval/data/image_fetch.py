@@ -25,10 +25,10 @@ from PIL import Image
 from marseval import __version__
 from marseval.atomic import atomic_write_bytes, atomic_write_text
 from marseval.data.download import (
-    _RETRY_STATUS,
-    _TRANSIENT_ERRORS,
+    RETRY_STATUS,
+    TRANSIENT_ERRORS,
     DownloadError,
-    _RetryableError,
+    RetryableError,
     require_online,
 )
 
@@ -243,7 +243,7 @@ def _download(session: requests.Session, url: str, settings: _Settings) -> tuple
     for attempt in range(settings.retries + 1):
         try:
             return _get(session, url, settings)
-        except _RetryableError as exc:
+        except RetryableError as exc:
             if attempt == settings.retries:
                 raise _Failure(f"{exc} (gave up after {attempt + 1} attempts)") from None
             delay = min(settings.backoff * 2 ** attempt, _MAX_BACKOFF_S)
@@ -253,12 +253,12 @@ def _download(session: requests.Session, url: str, settings: _Settings) -> tuple
 
 
 def _get(session: requests.Session, url: str, settings: _Settings) -> tuple[bytes, str]:
-    """One GET: the body and its Content-Type; _RetryableError for what may pass."""
+    """One GET: the body and its Content-Type; RetryableError for what may pass."""
     try:
         with session.get(url, stream=True, timeout=settings.timeout) as resp:
             status = resp.status_code
-            if status in _RETRY_STATUS or status >= 500:
-                raise _RetryableError(f"HTTP {status}")
+            if status in RETRY_STATUS or status >= 500:
+                raise RetryableError(f"HTTP {status}")
             if status >= 400:
                 raise _Failure(f"HTTP {status} {resp.reason}".strip())
             declared = resp.headers.get("Content-Length", "")
@@ -270,9 +270,9 @@ def _get(session: requests.Session, url: str, settings: _Settings) -> tuple[byte
                 if len(body) > settings.max_bytes:  # no or a wrong Content-Length
                     raise _Failure(f"larger than {settings.max_bytes} bytes")
             return bytes(body), resp.headers.get("Content-Type", "")
-    except _TRANSIENT_ERRORS as exc:
+    except TRANSIENT_ERRORS as exc:
         # connection resets, timeouts, truncated bodies
-        raise _RetryableError(f"{type(exc).__name__}: {exc}") from exc
+        raise RetryableError(f"{type(exc).__name__}: {exc}") from exc
 
 
 def _verify(data: bytes) -> str:
