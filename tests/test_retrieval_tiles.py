@@ -137,7 +137,7 @@ def test_greyscale_tiles_become_rgb_downstream(tmp_path):
     rows = pd.DataFrame([dict(zip(["lon_min", "lat_min", "lon_max", "lat_max"], b,
                                   strict=True)) for b in TILES[:2]])
     with Mosaic(path) as mosaic:
-        emb = re.embed_images(model, rows, 8, lambda b: re._tile_images(mosaic, b, 20))
+        emb = re.embed_images(model, rows, 8, lambda b: re.tile_images(mosaic, b, 20))
     assert seen == ["RGB", "RGB"]
     # each channel carries the grey value: equal channels, unit vectors (1, 1, 1) / sqrt 3
     np.testing.assert_allclose(emb, np.full((2, 3), 1 / math.sqrt(3)), atol=1e-6)

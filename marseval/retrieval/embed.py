@@ -72,7 +72,7 @@ def _batches(rows: pd.DataFrame, size: int) -> Iterator[pd.DataFrame]:
         yield rows.iloc[start:start + size]
 
 
-def _sample_images(dataset_dir: Path, rows: pd.DataFrame) -> list[Image.Image]:
+def sample_images(dataset_dir: Path, rows: pd.DataFrame) -> list[Image.Image]:
     images = []
     for name in rows["image"]:
         path = Path(dataset_dir) / name
@@ -84,7 +84,7 @@ def _sample_images(dataset_dir: Path, rows: pd.DataFrame) -> list[Image.Image]:
     return images
 
 
-def _tile_images(mosaic: Mosaic, rows: pd.DataFrame, pixels: int) -> list[Image.Image]:
+def tile_images(mosaic: Mosaic, rows: pd.DataFrame, pixels: int) -> list[Image.Image]:
     bounds = rows[["lon_min", "lat_min", "lon_max", "lat_max"]].itertuples(index=False)
     return [mosaic.read(tuple(b), pixels) for b in bounds]
 
@@ -116,10 +116,10 @@ def embed_shard(dataset_dir: Path, model_name: str, shard: int, shards: int, out
     if meta["subtask"] == "geolocalization":
         with Mosaic(_mosaic_path(dataset_dir, meta)) as mosaic:
             embeddings = embed_images(model, rows, batch_size,
-                                      lambda b: _tile_images(mosaic, b, tiles.pixels))
+                                      lambda b: tile_images(mosaic, b, tiles.pixels))
     else:
         embeddings = embed_images(model, rows, batch_size,
-                                  lambda b: _sample_images(dataset_dir, b))
+                                  lambda b: sample_images(dataset_dir, b))
     if meta["subtask"] == "paired" and model.has_text:
         # a vision-only model has no captions to match: evaluation reports it not applicable
         extra["text_embeddings"] = embed_texts(model, rows["caption"].tolist(), batch_size)

@@ -23,7 +23,7 @@ import pandas as pd
 
 from marseval.atomic import atomic_write_bytes
 from marseval.errors import MarsevalError
-from marseval.retrieval.embed import _sample_images, embed_images, embed_texts, read_meta
+from marseval.retrieval.embed import sample_images, embed_images, embed_texts, read_meta
 from marseval.retrieval.models import EmbeddingModel, load_model
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def _image_modes(dataset_dir: Path, model: EmbeddingModel, classes: list[str],
         if rows.empty:
             raise MarsevalError(f"{dataset_dir}/samples.parquet: landform {name!r} has no "
                                 "query images (image_queries/<landform>/)")
-        embedded = embed_images(model, rows, batch_size, lambda b: _sample_images(dataset_dir, b))
+        embedded = embed_images(model, rows, batch_size, lambda b: sample_images(dataset_dir, b))
         image.append(image_query(embedded))
         if text is not None:
             hybrid.append(hybrid_query(embedded, text[label]))

@@ -24,6 +24,7 @@ from marseval.atomic import atomic_directory
 from marseval.errors import MarsevalError
 from marseval.report.figures import model_colours, save_figure
 from marseval.report.tables import write_table
+from marseval.workflow import model_slug
 
 PAIRED_COLUMNS = ("i2t_r1", "i2t_r10", "i2t_medr", "i2t_mrr",
                   "t2i_r1", "t2i_r10", "t2i_medr", "t2i_mrr")
@@ -119,7 +120,7 @@ def _geolocalization(records: list[tuple[Path, dict]], tmp: Path, colours) -> pd
         curves = pd.read_parquet(folder / "curves.parquet")
         retrieved = pd.read_parquet(folder / "retrieved.parquet")
         truth = pd.read_parquet(folder / "ground_truth.parquet")
-        slug = r["model"].replace(":", "-").replace("/", "--").replace("@", "_")
+        slug = model_slug(r["model"])
         _curves_figure(curves, tmp / "figures" / f"pr_over_k_{slug}")
         for mode in r["metrics"]:
             _map_figure(retrieved[retrieved["mode"] == mode], truth,
