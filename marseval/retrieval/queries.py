@@ -23,7 +23,7 @@ import pandas as pd
 
 from marseval.atomic import atomic_write_bytes
 from marseval.errors import MarsevalError
-from marseval.retrieval.embed import sample_images, embed_images, embed_texts, read_meta
+from marseval.retrieval.embed import embed_images, embed_texts, read_meta, sample_images
 from marseval.retrieval.models import EmbeddingModel, load_model
 
 log = logging.getLogger(__name__)
