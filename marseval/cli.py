@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     sm = commands.add_parser("summarize-data", help="one table of standardized datasets")
     sm.add_argument("--out", required=True, type=Path)
     sm.add_argument("folders", nargs="+", type=Path)
+
+    ju = commands.add_parser("job-usage", help="benchmarked jobs' usage beside their requests")
+    ju.add_argument("--benchmarks", required=True, type=Path, help="<results>/benchmarks")
+    ju.add_argument("--config", required=True, type=Path, help="<results>/config.yaml")
+    ju.add_argument("--out", required=True, type=Path)
     return parser
 
 
@@ -316,6 +321,11 @@ def run(args: argparse.Namespace) -> None:
         from marseval.data.summary import write_summary
 
         table = write_summary(args.folders, args.out)
+        print(table.to_string(index=False))
+    elif args.command == "job-usage":
+        from marseval.job_usage import write_usage_table
+
+        table = write_usage_table(args.benchmarks, args.config, args.out)
         print(table.to_string(index=False))
 
 

@@ -222,6 +222,22 @@ PAPER_RUNS = {
 PAPER_EARTH = "earth_data.csv"  # the Earth-observation comparison (classification)
 
 
+REPORT_CATEGORIES = {"report": "Mars-Bench results",
+                     "paper_figures": "Mars-Bench paper (published runs)"}
+
+
+def report_category(wildcards) -> str:
+    """HTML report category of a report job: a readable name, not the `{kind}` wildcard."""
+    return REPORT_CATEGORIES[wildcards.kind]
+
+
+def retrieval_report_labels(wildcards) -> dict[str, str]:
+    """Summary tables by name, maps by model and query mode (the pattern's wildcards)."""
+    if "figure" in wildcards.keys():
+        return {"figure": wildcards.figure}
+    return {"table": wildcards.name}
+
+
 def report_targets(config: dict[str, Any]) -> list[str]:
     """The report of every task that has a runs table."""
     return [f"{config['results']}/report/{task}/aggregate.csv" for task in bench_tasks(config)]

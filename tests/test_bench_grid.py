@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def paper_grid() -> dict:
-    return yaml.safe_load((REPO / "config/paper.yaml").read_text())["bench"]["grid"]
+    return yaml.safe_load((REPO / "config/config.yaml").read_text())["bench"]["grid"]
 
 
 @pytest.mark.parametrize(("subtask", "count"), [("binary", 1296), ("multiclass", 648),

@@ -27,7 +27,7 @@ def validated(config: dict) -> dict:
     return config
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "paper.yaml"])
+@pytest.mark.parametrize("name", ["config.yaml", "embedded.yaml"])
 def test_shipped_configs_validate_and_name_registry_datasets(name: str) -> None:
     config = validated(load(name))
     check_config(config)
@@ -44,18 +44,18 @@ def test_defaults_fill_a_minimal_config() -> None:
 
 
 def test_unknown_key_is_rejected_by_name() -> None:
-    config = load("config.yaml")
+    config = load("embedded.yaml")
     config["synthetic"]["sede"] = 3
     with pytest.raises(WorkflowError, match="'sede' was unexpected"):
         validated(config)
-    config = load("config.yaml")
+    config = load("embedded.yaml")
     config["sourse"] = "zenodo"
     with pytest.raises(WorkflowError, match="'sourse' was unexpected"):
         validated(config)
 
 
 def test_wrong_type_is_rejected_with_its_path() -> None:
-    config = load("config.yaml")
+    config = load("embedded.yaml")
     config["synthetic"]["seed"] = "ten"
     with pytest.raises(WorkflowError) as error:
         validated(config)
@@ -65,11 +65,11 @@ def test_wrong_type_is_rejected_with_its_path() -> None:
 
 
 def test_bad_enum_and_dataset_pattern_are_rejected() -> None:
-    config = load("config.yaml")
+    config = load("embedded.yaml")
     config["source"] = "ftp"
     with pytest.raises(WorkflowError, match="'ftp' is not one of"):
         validated(config)
-    config = load("config.yaml")
+    config = load("embedded.yaml")
     config["datasets"] = ["frost"]
     with pytest.raises(WorkflowError, match="'frost' does not match"):
         validated(config)
@@ -94,7 +94,7 @@ def test_dataset_missing_from_registry_names_the_key() -> None:
     ("retrieval", "open-clip:ViT-B-16", "not a retrieval model"),
 ])
 def test_model_missing_from_registry_names_the_key(task: str, name: str, expected: str) -> None:
-    config = load("config.yaml")
+    config = load("embedded.yaml")
     section = config["retrieval"] if task == "retrieval" else config["bench"]["models"]
     key = "models" if task == "retrieval" else task
     section[key] = [*section.get(key, []), name]
@@ -108,14 +108,14 @@ def test_model_names_agree_with_the_builders() -> None:
     from marseval.registry.model_names import CLASSIFICATION_BACKBONES, model_name_problem
 
     assert sorted(TORCHVISION_MODELS) == sorted(CLASSIFICATION_BACKBONES)
-    for name in (*load("paper.yaml")["retrieval"]["models"], "tiny-clip"):
+    for name in (*load("config.yaml")["retrieval"]["models"], "tiny-clip"):
         assert model_name_problem("retrieval", name) is None
-    for task, names in load("paper.yaml")["bench"]["models"].items():
+    for task, names in load("config.yaml")["bench"]["models"].items():
         assert all(model_name_problem(task, n) is None for n in names)
 
 
 def test_paper_config_is_the_papers_protocol() -> None:
-    config = validated(load("paper.yaml"))
+    config = validated(load("config.yaml"))
     assert len(config["datasets"]) == 23
     assert sum(d.startswith("mb-") for d in config["datasets"]) == 20
     grid = config["bench"]["grid"]
@@ -132,6 +132,6 @@ def test_paper_config_is_the_papers_protocol() -> None:
 def test_download_options_merge_dataset_overrides() -> None:
     import json
 
-    config = validated(load("config.yaml"))
+    config = validated(load("embedded.yaml"))
     assert json.loads(download_options(config, "mb-domars16k"))["layout"] == "huggingface"
     assert json.loads(download_options(config, "mb-frost_cls"))["layout"] == "zenodo"

@@ -17,17 +17,19 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from conftest import REPO
 
 sys.path.insert(0, str(Path(__file__).parent / "support"))
 from slurm_cluster import SlurmCluster, missing  # noqa: E402
-from test_workflow import snakemake  # noqa: E402
+from test_workflow import repo_copy, snakemake  # noqa: E402
 
 pytestmark = pytest.mark.cluster
 TARGETS = ["results/retrieval/report/landform", "results/retrieval/report/paired"]
-CONFIG = ["--configfile", str(REPO / "config/config.yaml"), "--config",
+CONFIG = ["--configfile", "config/embedded.yaml", "--config",
           "datasets=[mr-landforms,mr-vl_pairs]"]
 GPU_RULES = {"embed", "queries"}
+# threads of each rule (marseval.job_resources), which SLURM must get as --cpus-per-task
+THREADS = {"download": 1, "standardize": 1, "embed": 2, "index": 2, "queries": 2,
+           "evaluate": 2}
 
 
 @pytest.fixture(scope="module")
@@ -53,14 +55,14 @@ def _time(value: str) -> datetime:
 def test_slurm_profile_matches_a_local_run(cluster: SlurmCluster, tmp_path: Path,
                                            workflow_env: dict[str, str]) -> None:
     env = dict(workflow_env, SLURM_CONF=cluster.env["SLURM_CONF"])
-    on_slurm, local = tmp_path / "slurm", tmp_path / "local"
-    result = snakemake([*TARGETS, "--profile", str(REPO / "profiles/slurm"), "-d",
-                        str(on_slurm), *CONFIG, "--slurm-no-account",
+    on_slurm, local = repo_copy(tmp_path / "slurm"), repo_copy(tmp_path / "local")
+    result = snakemake([*TARGETS, "--profile", "profiles/slurm", *CONFIG, "--slurm-no-account",
                         "--slurm-status-command", "squeue",
                         "--slurm-init-seconds-before-status-checks", "2",
-                        "--default-resources", "slurm_partition=test"], env, timeout=1500)
+                        "--default-resources", "slurm_partition=test"], env, cwd=on_slurm,
+                       timeout=1500)
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
-    local_run = snakemake([*TARGETS, "--cores", "2", "-d", str(local), *CONFIG], workflow_env,
+    local_run = snakemake([*TARGETS, "--cores", "2", *CONFIG], workflow_env, cwd=local,
                           timeout=900)
     assert local_run.returncode == 0, local_run.stdout + local_run.stderr
 
@@ -75,10 +77,14 @@ def test_slurm_profile_matches_a_local_run(cluster: SlurmCluster, tmp_path: Path
 
     jobs = [j for j in cluster.jobs() if j.get("WorkDir") == str(on_slurm)]
     rules = [_rule_of(j) for j in jobs]
+    # the summaries are local rules: they run in the Snakemake process, not as sbatch jobs
     assert sorted(rules) == sorted(["download"] * 2 + ["standardize"] * 2 + ["embed"] * 4
-                                   + ["index"] * 2 + ["queries", "evaluate", "evaluate",
-                                                      "retrieval_report", "retrieval_report"])
+                                   + ["index"] * 2 + ["queries", "evaluate", "evaluate"])
     assert all(j["JobState"] == "COMPLETED" for j in jobs)
+    # each job asked for its rule's threads as CPUs, and for the computed runtime: on these
+    # tiny synthetic sets every estimate is below job_resources.min_runtime (10 minutes)
+    assert [int(j["CPUs/Task"]) for j in jobs] == [THREADS[rule] for rule in rules]
+    assert {j["TimeLimit"] for j in jobs} == {"00:10:00"}
     gpu_jobs = [j for j, rule in zip(jobs, rules, strict=True) if rule in GPU_RULES]
     assert all(j["TresPerJob"] == "gres:gpu:1" for j in gpu_jobs)
     assert not any("gpu" in j.get("TresPerJob", "")

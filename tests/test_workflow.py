@@ -18,10 +18,24 @@ from conftest import REPO, make_workflow_env, tool
 SUPPORT = Path(__file__).parent / "support"
 
 
+# What a user's checkout holds; a copy of it is where workflow tests run, from its root.
+NOT_COPIED = shutil.ignore_patterns(".git", ".venv", ".snakemake", "results", "raw", "hf_cache",
+                                    "ultralytics", "__pycache__", "*.egg-info", ".pytest_cache",
+                                    ".ruff_cache")
+
+
+def repo_copy(dest: Path) -> Path:
+    """A copy of the repository root, as a user's checkout (configs, profiles, Snakefile)."""
+    shutil.copytree(REPO, dest, ignore=NOT_COPIED, dirs_exist_ok=True)
+    return dest
+
+
 def snakemake(args: list[str], env: dict[str, str], cwd: Path = REPO,
               timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([tool("snakemake"), "-s", str(REPO / "Snakefile"), *args],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    """`snakemake ARGS` typed in `cwd` (a repository copy): its Snakefile, config/ and
+    profiles/ (profiles/default applies, as for a user)."""
+    return subprocess.run([tool("snakemake"), *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
 
 
 def job_counts(output: str) -> dict[str, int]:
@@ -29,9 +43,11 @@ def job_counts(output: str) -> dict[str, int]:
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
 
 
-@pytest.mark.parametrize("configfile", ["config/config.yaml", "config/paper.yaml"])
-def test_lint_has_no_findings(configfile: str, workflow_env: dict[str, str]) -> None:
-    result = snakemake(["--lint", "--configfile", configfile], workflow_env)
+@pytest.mark.parametrize("configfile", [None, "config/embedded.yaml"])
+def test_lint_has_no_findings(configfile: str | None, workflow_env: dict[str, str],
+                              tmp_path: Path) -> None:
+    args = ["--lint"] + (["--configfile", configfile] if configfile else [])
+    result = snakemake(args, workflow_env, cwd=repo_copy(tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr
     output = result.stdout + result.stderr
     assert "Congratulations, your workflow is in a good condition!" in output
@@ -45,51 +61,140 @@ def test_snakefmt_check() -> None:
 
 
 def test_ruff_check() -> None:
-    result = subprocess.run([tool("ruff"), "check", "marseval", "tests", "benchmarks"],
+    result = subprocess.run([tool("ruff"), "check", "marseval", "tests", "benchmarks", "envs"],
                             cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_paper_dag_builds_without_network(tmp_path: Path, workflow_env: dict[str, str]) -> None:
+def validated_file(path: Path) -> dict:
+    """A config file with the schema's defaults filled in (what the workflow should run)."""
+    import yaml
+    from snakemake.utils import validate
+
+    config = yaml.safe_load(path.read_text())
+    validate(config, str(REPO / "workflow/schemas/config.schema.yaml"), set_default=True)
+    return config
+
+
+# 20 Mars-Bench + 3 MarsRetrieval datasets, each downloaded and standardized once.
+# 9 classification sets x 5 models: features, 8 tune shards, select, and
+# 7 seeds x (1 + 7 partitions + 6 few-shot) runs. 8 segmentation sets x 4 models and
+# 3 detection sets x 4 models: no features, 8 tune shards, select, 7 seeds x (1 + 7
+# partitions) runs. One runs table and one report per task.
+# MarsRetrieval: 7 models x 3 tasks, each embedded in 8 shards, indexed and evaluated;
+# queries for landform and geo-localization; one summary per task.
+# Then the config copy and the job usage table for the report, and `all`.
+CLASSIFICATION_PAIRS, DENSE_PAIRS = 9 * 5, 8 * 4 + 3 * 4
+PAIRS = CLASSIFICATION_PAIRS + DENSE_PAIRS
+PAPER_JOBS = {"download": 23, "standardize": 23, "data_summary": 1,
+              "features": CLASSIFICATION_PAIRS, "tune": PAIRS * 8, "select": PAIRS,
+              "train": CLASSIFICATION_PAIRS * 7 * 14 + DENSE_PAIRS * 7 * 8, "collect": 3,
+              "report": 3, "embed": 7 * 3 * 8, "index": 7 * 3, "queries": 7 * 2,
+              "evaluate": 7 * 3, "retrieval_report": 3, "run_config": 1, "job_usage": 1,
+              "all": 1}
+
+
+def planned_jobs(output: str, rule: str) -> list[dict[str, str]]:
+    """The jobs of a rule in `snakemake -n -p` output: wildcards, resources and command."""
+    jobs = []
+    for block in re.split(r"\n(?=\[\w{3} \w{3} )", output):
+        if not re.search(rf"^rule {rule}:$", block, re.M):
+            continue
+        fields = dict(re.findall(r"^\s+(wildcards|resources): (.*)$", block, re.M))
+        command = re.search(r"^Shell command: (.*)$", block, re.M)
+        jobs.append({**fields, "command": command[1] if command else ""})
+    return jobs
+
+
+def pairs(text: str) -> dict[str, str]:
+    """`a=1, b=x` -> {"a": "1", "b": "x"}."""
+    return dict(item.split("=", 1) for item in text.split(", "))
+
+
+def test_the_paper_is_what_users_type_plans(tmp_path: Path, workflow_env: dict[str, str]) -> None:
+    """`snakemake -n --cores 64 --resources gpu=8` in a checkout plans the paper, exactly."""
+    checkout = repo_copy(tmp_path / "checkout")
     netlog = tmp_path / "connections.log"
     env = dict(workflow_env, MARSEVAL_NETLOG=str(netlog),
                PYTHONPATH=f"{SUPPORT}{os.pathsep}{workflow_env['PYTHONPATH']}")
-    result = snakemake(["-n", "--configfile", str(REPO / "config/paper.yaml"), "-d",
-                        str(tmp_path)], env)
-    assert result.returncode == 0, result.stdout + result.stderr
+    result = snakemake(["-n", "-p", "--cores", "64", "--resources", "gpu=8"], env,
+                       cwd=checkout)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-5000:]
     assert not netlog.exists(), netlog.read_text()
-    counts = job_counts(result.stdout + result.stderr)
-    # 20 Mars-Bench + 3 MarsRetrieval datasets, each downloaded and standardized once.
-    # 9 classification sets x 5 models: features, 8 tune shards, select, and
-    # 7 seeds x (1 + 7 partitions + 6 few-shot) runs. 8 segmentation sets x 4 models and
-    # 3 detection sets x 4 models: no features, 8 tune shards, select, 7 seeds x (1 + 7
-    # partitions) runs. One runs table per task.
-    # MarsRetrieval: 7 models x 3 tasks, each embedded in 8 shards, indexed and evaluated;
-    # queries for landform and geo-localization; one summary per task.
-    classification, dense = 9 * 5, 8 * 4 + 3 * 4
-    pairs = classification + dense
-    train = classification * 7 * 14 + dense * 7 * 8
-    retrieval = {"embed": 7 * 3 * 8, "index": 7 * 3, "queries": 7 * 2, "evaluate": 7 * 3,
-                 "retrieval_report": 3}
-    assert counts == {"download": 23, "standardize": 23, "data_summary": 1,
-                      "features": classification, "tune": pairs * 8, "select": pairs,
-                      "train": train, "collect": 3, "report": 3, "all": 1, **retrieval,
-                      "total": 47 + classification + pairs * (8 + 1) + train + 3 + 3 + 1
-                      + sum(retrieval.values())}
-    assert "resources/raw/huggingface/mb-s5mars" in result.stdout + result.stderr
+    assert "is extended by" not in output  # nothing merged into the paper config
+    counts = job_counts(output)
+    assert counts == {**PAPER_JOBS, "total": sum(PAPER_JOBS.values())}
+    assert "resources/raw/huggingface/mb-s5mars" in output
+    # the config in effect is the paper file plus the schema's defaults, nothing else
+    import yaml
+
+    recorded = yaml.safe_load((checkout / "results/paper/config.yaml").read_text())
+    assert recorded == validated_file(checkout / "config/config.yaml")
+    assert recorded["bench"]["head"] == "linear" and not recorded["bench"]["batch_seeds"]
+    assert recorded["bench"]["grid_overrides"] == {"classification": {}, "segmentation": {},
+                                                   "detection": {}}
+    # the paper grid reaches the commands: every task's tune job carries it, unchanged
+    tune = planned_jobs(output, "tune")
+    assert len(tune) == PAIRS * 8
+    from marseval.job_resources import JobSizer
+
+    sizer = JobSizer(recorded)
+    for dataset, flag in (("mb-boulder_seg", None), ("mb-boulder_det", None),
+                          ("mb-frost_cls", "--head linear")):
+        job = next(j for j in tune if pairs(j["wildcards"])["dataset"] == dataset)
+        command = job["command"]
+        grid = json.loads(re.search(r"--grid '(.*?)'", command)[1])
+        assert grid["max_epochs"] == [50, 100, 200], command
+        assert grid["batch_size"] == [16, 32, 64] and grid["lr_schedule"] == [
+            "none", "cosine", "plateau", "step"]
+        assert "--input-size" not in command
+        assert flag is None or flag in command
+        # the job asks for what marseval.job_resources computes for it (first attempt)
+        resources = pairs(job["resources"])
+        wildcards = pairs(job["wildcards"])
+        assert int(resources["runtime"]) == sizer.runtime_minutes("tune", wildcards)
+        assert int(resources["mem_mb"]) == sizer.memory_mb("tune", wildcards)
+        assert resources["gpu"] == "1"
+    train = planned_jobs(output, "train")
+    assert len(train) == PAPER_JOBS["train"]
+    assert all(re.search(r"--seeds \d+ ", j["command"]) for j in train)  # a job per seed
+
+
+def test_a_users_config_inherits_nothing(tmp_path: Path, workflow_env: dict[str, str]) -> None:
+    """A config file of one dataset: the embedded default's and the paper's settings that it
+    does not set are not applied; the schema's defaults are."""
+    checkout = repo_copy(tmp_path)
+    (checkout / "mine.yaml").write_text("results: results/mine\ndatasets: [mb-frost_cls]\n"
+                                        "bench: {models: {classification: [timm:resnet10t]}}\n")
+    result = snakemake(["-n", "-p", "--configfile", "mine.yaml"], workflow_env, cwd=checkout)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-5000:]
+    import yaml
+
+    recorded = yaml.safe_load((checkout / "results/mine/config.yaml").read_text())
+    assert recorded == validated_file(checkout / "mine.yaml")
+    assert recorded["source"] == "synthetic" and recorded["offline"] is False
+    assert recorded["bench"]["head"] == "linear"  # the embedded default's is batchnorm_linear
+    assert recorded["bench"]["seeds"] == [0, 1, 10, 42, 123, 1000, 1234]
+    assert recorded["bench"]["grid"]["max_epochs"] == [50]  # schema, not paper or embedded
+    assert recorded["bench"]["pretrained"] is True
+    command = planned_jobs(output, "tune")[0]["command"]
+    assert "--head linear" in command and '"max_epochs": [50]' in command
 
 
 def test_unknown_config_key_stops_the_workflow(workflow_env: dict[str, str],
                                                tmp_path: Path) -> None:
-    result = snakemake(["-n", "-d", str(tmp_path), "--configfile",
-                        str(REPO / "config/config.yaml"), "--config", "sourse=zenodo"],
-                       workflow_env)
+    checkout = repo_copy(tmp_path)
+    result = snakemake(["-n", "--configfile", "config/embedded.yaml", "--config",
+                        "sourse=zenodo"], workflow_env, cwd=checkout)
     assert result.returncode != 0
     assert "'sourse' was unexpected" in result.stdout + result.stderr
+    assert not (checkout / "results/config.yaml").exists()  # nothing recorded for a bad config
 
 
-def embedded_args(workdir: Path) -> list[str]:
-    return ["--cores", "2", "-d", str(workdir), "--configfile", str(REPO / "config/config.yaml")]
+def embedded_args() -> list[str]:
+    return ["--cores", "2", "--configfile", "config/embedded.yaml"]
 
 
 def guarded_env(workdir: Path) -> dict[str, str]:
@@ -101,19 +206,21 @@ def guarded_env(workdir: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def embedded_default(tmp_path_factory: pytest.TempPathFactory):
-    """One run of the embedded default from scratch, shared by the tests that inspect it."""
-    workdir = tmp_path_factory.mktemp("embedded")
+    """One run of the embedded default from scratch in a checkout, shared by the tests that
+    inspect it."""
+    workdir = repo_copy(tmp_path_factory.mktemp("embedded"))
     # about 7 minutes on 2 idle cores; the limit leaves room for a busy machine
-    result = snakemake(embedded_args(workdir), guarded_env(workdir), timeout=1800)
+    result = snakemake(embedded_args(), guarded_env(workdir), cwd=workdir, timeout=1800)
     return workdir, result
 
 
 def result_files(workdir: Path) -> dict[str, bytes]:
-    """Every table and metrics record a run makes (figures and logs aside)."""
+    """Every table and metrics record a run makes (figures, logs and timings aside)."""
     results = workdir / "results"
     found = [*results.glob("**/*.csv"), *results.glob("report/*/normalizer.json"),
              *results.glob("retrieval/eval/*/*/metrics.json")]
-    return {str(p.relative_to(workdir)): p.read_bytes() for p in found if "logs" not in p.parts}
+    return {str(p.relative_to(workdir)): p.read_bytes() for p in found
+            if "logs" not in p.parts and p.name != "job_usage.csv"}
 
 
 def assert_same_results(first: Path, second: Path) -> None:
@@ -133,13 +240,13 @@ def test_embedded_default_runs_end_to_end(embedded_default) -> None:
     tmp_path, result = embedded_default
     netlog = tmp_path / "connections.log"
     env = guarded_env(tmp_path)
-    args = embedded_args(tmp_path)
+    args = embedded_args()
     assert result.returncode == 0, result.stdout + result.stderr
     assert "summarised per task in results/retrieval/report" in result.stdout + result.stderr
     assert not netlog.exists(), netlog.read_text()
     import yaml
 
-    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    config = yaml.safe_load((REPO / "config/embedded.yaml").read_text())
     samples = config["synthetic"]["samples"]
     for name in config["datasets"]:
         meta = json.loads((tmp_path / "results/data" / name / "meta.json").read_text())
@@ -198,7 +305,23 @@ def test_embedded_default_runs_end_to_end(embedded_default) -> None:
     assert geo[["f1_degrees", "auprc_degrees", "f1_km"]].stack().between(0, 1).all()
     figures = tmp_path / "results/retrieval/report/geolocalization/figures"
     assert (figures / "map_tiny-clip_hybrid.png").stat().st_size > 1000
-    report = snakemake([*args, "--report", str(tmp_path / "report.html")], env)
+    # every heavy job left a benchmark file, named as its log
+    for rule in ("features", "tune", "train", "embed", "index", "queries", "evaluate"):
+        logs = {p.relative_to(tmp_path / "results/logs").with_suffix("")
+                for p in (tmp_path / "results/logs" / rule).rglob("*.log")}
+        tsvs = {p.relative_to(tmp_path / "results/benchmarks").with_suffix("")
+                for p in (tmp_path / "results/benchmarks" / rule).rglob("*.tsv")}
+        assert logs and tsvs == logs, rule
+    usage = pd.read_csv(tmp_path / "results/tables/job_usage.csv")
+    assert len(usage) == len(list((tmp_path / "results/benchmarks").rglob("*.tsv")))
+    assert (usage["seconds"] > 0).all() and (usage["requested_runtime_min"] >= 10).all()
+    assert (usage["max_rss_mb"] > 0).all()
+    # the config in effect: the embedded file plus schema defaults, copied for the report
+    recorded = yaml.safe_load((tmp_path / "results/config.yaml").read_text())
+    assert recorded == validated_file(REPO / "config/embedded.yaml")
+    assert (tmp_path / "results/tables/config.yaml").read_bytes() == (
+        tmp_path / "results/config.yaml").read_bytes()
+    report = snakemake([*args, "--report", "report.html"], env, cwd=tmp_path)
     assert report.returncode == 0, report.stdout + report.stderr
     html = (tmp_path / "report.html").read_text()
     assert "datasets.csv" in html and all(f"{task}_runs.csv" in html for task in
@@ -206,9 +329,11 @@ def test_embedded_default_runs_end_to_end(embedded_default) -> None:
     # the report stage's figures and tables are in the page too
     assert "raw_violins.png" in html and "per_dataset_iqm.csv" in html
     assert "map_tiny-clip_text.png" in html and "per_class_ap.csv" in html
+    assert "job_usage.csv" in html and "config.yaml" in html
+    assert "Mars-Bench results" in html and "{kind}" not in html
     # nothing temporary is left behind, and a rerun has nothing to do
     assert not list((tmp_path / "results/data").glob(".*"))
-    again = snakemake([*args, "-n"], env)
+    again = snakemake([*args, "-n"], env, cwd=tmp_path)
     assert "Nothing to be done" in again.stdout + again.stderr
     if shutil.which("nvidia-smi") is None:  # GPU rules ran on the CPU, and said so
         log = (tmp_path / "results/logs/embed/mr-landforms/tiny-clip/shard0.log").read_text()
@@ -218,7 +343,8 @@ def test_embedded_default_runs_end_to_end(embedded_default) -> None:
 def test_embedded_default_is_deterministic(embedded_default, tmp_path: Path) -> None:
     first, result = embedded_default
     assert result.returncode == 0, result.stdout + result.stderr
-    again = snakemake(embedded_args(tmp_path), guarded_env(tmp_path), timeout=1800)
+    checkout = repo_copy(tmp_path)
+    again = snakemake(embedded_args(), guarded_env(tmp_path), cwd=checkout, timeout=1800)
     assert again.returncode == 0, again.stdout + again.stderr
     assert_same_results(first, tmp_path)
 
@@ -236,11 +362,12 @@ def test_a_killed_workflow_completes_with_rerun_incomplete(embedded_default,
                                                            tmp_path: Path) -> None:
     first, result = embedded_default
     assert result.returncode == 0, result.stdout + result.stderr
-    args, env = embedded_args(tmp_path), guarded_env(tmp_path)
+    args, env = embedded_args(), guarded_env(tmp_path)
+    repo_copy(tmp_path)
     # Snakemake and its running jobs are killed together (SIGKILL to the process group) once
     # the first final-run records exist, with more training and retrieval still running.
-    run = subprocess.Popen([tool("snakemake"), "-s", str(REPO / "Snakefile"), *args],
-                           cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+    run = subprocess.Popen([tool("snakemake"), *args],
+                           cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 1500
     while (not list((tmp_path / "results/runs").glob("*/*/*/seed*.json"))
@@ -257,9 +384,10 @@ def test_a_killed_workflow_completes_with_rerun_incomplete(embedded_default,
         _readable(path)
 
     # a killed Snakemake cannot remove its lock: --unlock first, as the README says
-    unlocked = snakemake([*args, "--unlock"], env)
+    unlocked = snakemake([*args, "--unlock"], env, cwd=tmp_path)
     assert unlocked.returncode == 0, unlocked.stdout + unlocked.stderr
-    resumed = snakemake([*args, "--rerun-incomplete"], env, timeout=1800)
+    # no --rerun-incomplete: profiles/default sets it for every run
+    resumed = snakemake(args, env, cwd=tmp_path, timeout=1800)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert_same_results(first, tmp_path)
     leftovers = [p for p in (tmp_path / "results").rglob("*.tmp")
@@ -271,10 +399,9 @@ def test_paper_figures_redraw_the_published_runs(tmp_path: Path,
                                                  workflow_env: dict[str, str]) -> None:
     import pandas as pd
 
-    args = ["paper_figures", "--cores", "2", "-d", str(tmp_path), "--configfile",
-            str(REPO / "config/config.yaml"), "--config",
-            f"report={{reference: {REPO / 'resources/reference/marsbench-paper-runs'}}}"]
-    result = snakemake(args, workflow_env)
+    checkout = repo_copy(tmp_path)
+    args = ["paper_figures", "--cores", "2", "--configfile", "config/embedded.yaml"]
+    result = snakemake(args, workflow_env, cwd=checkout)
     assert result.returncode == 0, result.stdout + result.stderr
     folder = tmp_path / "results/paper_figures"
     aggregate = pd.read_csv(folder / "classification/aggregate.csv").set_index("model")["iqm"]

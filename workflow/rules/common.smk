@@ -2,12 +2,18 @@
 import json
 import os
 
+from snakemake.logging import logger
+
+from marseval.config_record import copy_record, record_config
 from marseval.fetch import set_offline
+from marseval.job_resources import JobSizer
 from marseval.workflow import (
     NEXT_STAGES,
     PAPER_RUNS,
+    report_category,
     report_flags,
     report_runs,
+    retrieval_report_labels,
     report_targets,
     bench_inputs,
     bench_models,
@@ -44,6 +50,20 @@ os.environ.setdefault(
 RESULTS = config["results"]
 RESOURCES = config["resources"]
 LOGS = f"{RESULTS}/logs"
+BENCHMARKS = f"{RESULTS}/benchmarks"
+RUN_CONFIG = f"{RESULTS}/config.yaml"
+JOBS = JobSizer(config)
+
+# The config in effect, recorded by the invocation that plans the jobs (dry runs too), not
+# by cluster jobs that re-parse this file.
+if workflow.is_main_process:
+    changed = record_config(config, RUN_CONFIG)
+    if changed:
+        logger.warning(
+            f"The config differs from the one last used with {RESULTS}/ in: "
+            f"{', '.join(changed)}. Outputs already there were made with the old settings "
+            "(rerun-triggers: mtime); use --forcerun RULE to redo a stage, or another results folder."
+        )
 DATASETS = datasets(config)
 STANDARDIZED = expand(f"{RESULTS}/data/{{dataset}}", dataset=DATASETS)
 CLASSIFICATION_MODELS = bench_models(config, "classification")
@@ -59,6 +79,14 @@ EMBED_FLAGS = embed_flags(config)
 INDEX_FLAGS = index_flags(config)
 QUERIES_FLAGS = queries_flags(config)
 EVALUATE_FLAGS = evaluate_flags(config)
+# What `all` builds besides the config record and the job usage table (which follows them).
+ALL_TARGETS = [
+    *STANDARDIZED,
+    f"{RESULTS}/tables/datasets.csv",
+    *BENCH_TABLES,
+    *REPORTS,
+    *RETRIEVAL_SUMMARIES,
+]
 
 
 wildcard_constraints:

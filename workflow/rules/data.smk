@@ -2,14 +2,18 @@
 
 
 rule download:
+    """Fetch one dataset's raw files (Hugging Face, Zenodo) or generate them (synthetic)."""
     output:
         directory(f"{RESOURCES}/raw/{{source}}/{{dataset}}"),
     log:
         f"{LOGS}/download/{{source}}/{{dataset}}.log",
     conda:
         "../../envs/data.yaml"
+    threads: 1
     resources:
         downloads=1,
+        mem_mb=JOBS.mem_mb("download"),
+        runtime=JOBS.runtime("download"),
     params:
         options=lambda wildcards: download_options(config, wildcards.dataset),
         offline="--offline" if config["offline"] else "",
@@ -20,6 +24,7 @@ rule download:
 
 
 rule standardize:
+    """Validate raw files and write the standardized dataset folder with its subsets."""
     input:
         lambda wildcards: raw_dir(config, wildcards.dataset),
     output:
@@ -28,6 +33,10 @@ rule standardize:
         f"{LOGS}/standardize/{{dataset}}.log",
     conda:
         "../../envs/data.yaml"
+    threads: 1
+    resources:
+        mem_mb=JOBS.mem_mb("standardize"),
+        runtime=JOBS.runtime("standardize"),
     params:
         source=lambda wildcards: source_of(config, wildcards.dataset),
         fractions=csv(config["subsets"]["fractions"]),
@@ -44,6 +53,7 @@ rule standardize:
 
 
 rule data_summary:
+    """One table of every standardized dataset: task, classes, split counts."""
     input:
         STANDARDIZED,
     output:
@@ -54,6 +64,7 @@ rule data_summary:
         ),
     log:
         f"{LOGS}/data_summary.log",
+    localrule: True
     conda:
         "../../envs/data.yaml"
     shell:

@@ -5,38 +5,44 @@
 
 
 rule report:
+    """Normalise a runs table, aggregate with IQM and bootstrap intervals, draw the figures."""
     input:
         runs=lambda wildcards: report_runs(config, wildcards.kind, wildcards.task),
     output:
         per_dataset=report(
             f"{RESULTS}/{{kind}}/{{task}}/per_dataset.csv",
             caption="../report/per_dataset.rst",
-            category="{kind}",
+            category=report_category,
             subcategory="{task}",
+            labels={"table": "IQM per dataset"},
         ),
         aggregate=report(
             f"{RESULTS}/{{kind}}/{{task}}/aggregate.csv",
             caption="../report/aggregate.rst",
-            category="{kind}",
+            category=report_category,
             subcategory="{task}",
+            labels={"table": "aggregate IQM"},
         ),
         normalizer=f"{RESULTS}/{{kind}}/{{task}}/normalizer.json",
         figures=report(
             directory(f"{RESULTS}/{{kind}}/{{task}}/figures"),
             patterns=["{name}.png"],
             caption="../report/figures.rst",
-            category="{kind}",
+            category=report_category,
             subcategory="{task}",
+            labels={"figure": "{name}"},
         ),
         tables=report(
             directory(f"{RESULTS}/{{kind}}/{{task}}/tables"),
             patterns=["{name}.csv"],
             caption="../report/tables.rst",
-            category="{kind}",
+            category=report_category,
             subcategory="{task}",
+            labels={"table": "{name}"},
         ),
     log:
         f"{LOGS}/{{kind}}/{{task}}.log",
+    localrule: True
     conda:
         "../../envs/report.yaml"
     params:
@@ -48,6 +54,49 @@ rule report:
 
 
 rule paper_figures:
+    """Redraw the paper's figures and tables from the published per-seed runs."""
     input:
         [f"{RESULTS}/paper_figures/{task}/aggregate.csv" for task in PAPER_TASKS],
     localrule: True
+
+
+rule run_config:
+    """Copy the config record (written when the workflow is parsed) into the HTML report."""
+    input:
+        RUN_CONFIG,
+    output:
+        report(
+            f"{RESULTS}/tables/config.yaml",
+            caption="../report/config.rst",
+            category="Configuration",
+            labels={"file": "config.yaml"},
+        ),
+    log:
+        f"{LOGS}/run_config.log",
+    localrule: True
+    run:
+        copy_record(input[0], output[0], log[0])
+
+
+rule job_usage:
+    """Runtime and memory of every benchmarked job (Snakemake's benchmark files), one table."""
+    input:
+        targets=ALL_TARGETS,
+        config=RUN_CONFIG,
+    output:
+        report(
+            f"{RESULTS}/tables/job_usage.csv",
+            caption="../report/job_usage.rst",
+            category="Configuration",
+            labels={"file": "job_usage.csv"},
+        ),
+    log:
+        f"{LOGS}/job_usage.log",
+    localrule: True
+    conda:
+        "../../envs/report.yaml"
+    params:
+        benchmarks=BENCHMARKS,
+    shell:
+        "python -m marseval job-usage --benchmarks {params.benchmarks}"
+        " --config {input.config} --out {output} > {log} 2>&1"

@@ -4,6 +4,7 @@
 
 
 rule embed:
+    """Embed one shard of a retrieval database (images, tiles or captions)."""
     input:
         data=f"{RESULTS}/data/{{dataset}}",
     output:
@@ -12,13 +13,15 @@ rule embed:
         ),
     log:
         f"{LOGS}/embed/{{dataset}}/{{model}}/shard{{shard}}.log",
+    benchmark:
+        f"{BENCHMARKS}/embed/{{dataset}}/{{model}}/shard{{shard}}.tsv"
     conda:
         "../../envs/retrieval.yaml"
-    threads: 2
+    threads: JOBS.threads("embed")
     resources:
-        gpu=1,
-        mem_mb=16000,
-        runtime=240,
+        gpu=JOBS.gpus("embed"),
+        mem_mb=JOBS.mem_mb("embed"),
+        runtime=JOBS.runtime("embed"),
     params:
         model=lambda wildcards: RETRIEVAL_MODELS[wildcards.model],
         shards=config["retrieval"]["embed_shards"],
@@ -30,6 +33,7 @@ rule embed:
 
 
 rule index:
+    """Merge a database's embedding shards into one FAISS index."""
     input:
         expand(
             f"{RESULTS}/retrieval/embeddings/{{{{dataset}}}}/{{{{model}}}}/shard{{shard}}",
@@ -39,12 +43,15 @@ rule index:
         directory(f"{RESULTS}/retrieval/index/{{dataset}}/{{model}}"),
     log:
         f"{LOGS}/index/{{dataset}}/{{model}}.log",
+    benchmark:
+        f"{BENCHMARKS}/index/{{dataset}}/{{model}}.tsv"
     conda:
         "../../envs/retrieval.yaml"
-    threads: 2
+    threads: JOBS.threads("index")
     resources:
-        mem_mb=32000,
-        runtime=120,
+        gpu=JOBS.gpus("index"),
+        mem_mb=JOBS.mem_mb("index"),
+        runtime=JOBS.runtime("index"),
     params:
         flags=INDEX_FLAGS,
     shell:
@@ -52,19 +59,22 @@ rule index:
 
 
 rule queries:
+    """Embed the text, image and hybrid queries of a retrieval task."""
     input:
         data=f"{RESULTS}/data/{{dataset}}",
     output:
         f"{RESULTS}/retrieval/queries/{{dataset}}/{{model}}.npz",
     log:
         f"{LOGS}/queries/{{dataset}}/{{model}}.log",
+    benchmark:
+        f"{BENCHMARKS}/queries/{{dataset}}/{{model}}.tsv"
     conda:
         "../../envs/retrieval.yaml"
-    threads: 2
+    threads: JOBS.threads("queries")
     resources:
-        gpu=1,
-        mem_mb=8000,
-        runtime=30,
+        gpu=JOBS.gpus("queries"),
+        mem_mb=JOBS.mem_mb("queries"),
+        runtime=JOBS.runtime("queries"),
     params:
         model=lambda wildcards: RETRIEVAL_MODELS[wildcards.model],
         flags=QUERIES_FLAGS,
@@ -74,18 +84,22 @@ rule queries:
 
 
 rule evaluate:
+    """Search the index with a task's queries and score the rankings."""
     input:
         unpack(evaluate_inputs(config)),
     output:
         directory(f"{RESULTS}/retrieval/eval/{{dataset}}/{{model}}"),
     log:
         f"{LOGS}/evaluate/{{dataset}}/{{model}}.log",
+    benchmark:
+        f"{BENCHMARKS}/evaluate/{{dataset}}/{{model}}.tsv"
     conda:
         "../../envs/retrieval.yaml"
-    threads: 2
+    threads: JOBS.threads("evaluate")
     resources:
-        mem_mb=16000,
-        runtime=60,
+        gpu=JOBS.gpus("evaluate"),
+        mem_mb=JOBS.mem_mb("evaluate"),
+        runtime=JOBS.runtime("evaluate"),
     params:
         model=lambda wildcards: RETRIEVAL_MODELS[wildcards.model],
         queries=lambda wildcards, input: (
@@ -99,6 +113,7 @@ rule evaluate:
 
 
 rule retrieval_report:
+    """Summarise a retrieval task over models: tables and Mars maps."""
     input:
         lambda wildcards: retrieval_evaluations(config, wildcards.rtask),
     output:
@@ -108,9 +123,11 @@ rule retrieval_report:
             caption="../report/retrieval.rst",
             category="MarsRetrieval",
             subcategory="{rtask}",
+            labels=retrieval_report_labels,
         ),
     log:
         f"{LOGS}/retrieval_report/{{rtask}}.log",
+    localrule: True
     conda:
         "../../envs/report.yaml"
     shell:

@@ -1,0 +1,259 @@
+"""What each job asks the scheduler for: runtime, memory, threads and GPUs, from the work it does.
+
+Pure functions of the config, the dataset registry and the measured model costs
+(`marseval/registry/model_costs.yaml`, written by `benchmarks/model_costs.py`); the Snakefile
+calls them while it is parsed, so they read no data. The estimate of a job is
+
+    runtime = overhead + safety x work / throughput        (minutes, x attempt)
+    mem_mb  = base + model weights x 2 + arrays held in memory   (x attempt)
+
+where the work is counted in forward FLOPs of the model per image (training steps count three
+forward passes: forward and backward), every epoch runs to `max_epochs` (early stopping makes
+that an upper bound), and throughput is `job_resources.gpu_tflops` for jobs that get a GPU and
+`job_resources.cpu_gflops` otherwise. Grid shards and final runs resume from their progress
+files and checkpoints, so a job that hits its limit loses little: the retry (`attempt` 2)
+asks for twice as much and carries on. docs/resources.md gives the numbers behind the defaults.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import yaml
+
+from marseval.bench.grid import expand
+from marseval.registry import get_dataset
+from marseval.workflow import (
+    bench_models,
+    retrieval_models,
+    task_grid,
+    task_of,
+    uses_feature_cache,
+)
+
+# Items of the MarsRetrieval databases, which the dataset registry does not count:
+# Mars-VL-Pairs has 2,287 rows (its dataset card); Mars-Landforms is "1K-10K" images (its card:
+# the upper end is taken). The geo-localization database is the tile grid (computed).
+RETRIEVAL_ITEMS = {"paired": 2287, "landform": 10000}
+# A model missing from model_costs.yaml (a user's own) is sized as a ViT-L/16 at 224 px.
+DEFAULT_COST = {"forward_gflops": 123.0, "weights_mb": 1160.0, "feature_dim": 1024,
+                "input_size": 224}
+BENCH_RULES = ("features", "tune", "train")
+ENCODER_RULES = ("embed", "queries")
+MB = 2**20
+
+
+@cache
+def model_costs() -> dict[str, dict[str, Any]]:
+    text = resources.files("marseval.registry").joinpath("model_costs.yaml").read_text()
+    return yaml.safe_load(text)["models"]
+
+
+def model_cost(name: str) -> dict[str, Any]:
+    found = model_costs().get(name, {})
+    return {**DEFAULT_COST, **{k: v for k, v in found.items() if v is not None}}
+
+
+def split_sizes(config: dict[str, Any], dataset: str) -> dict[str, int]:
+    """Images per split: the synthetic generator's counts, or the registry's (paper Table 1);
+    an unknown count is taken as the largest known one of the dataset."""
+    spec = get_dataset(dataset)
+    source = config["dataset_options"].get(dataset, {}).get("source", config["source"])
+    if source == "synthetic":
+        return dict(config["synthetic"]["samples"])
+    known = [n for n in spec.splits.values() if n]
+    fallback = max(known, default=10000)
+    return {split: spec.splits.get(split) or fallback for split in ("train", "val", "test")}
+
+
+def database_items(config: dict[str, Any], dataset: str) -> int:
+    """Items a retrieval database holds: pairs, gallery images or mosaic tiles."""
+    subtask = get_dataset(dataset).subtask
+    options = config["retrieval"]
+    if subtask == "geolocalization":  # the tile grid (marseval.retrieval.tiles.tile_grid)
+        delta = options["tile_delta"]
+        return round(360 / delta) * round(2 * options["max_abs_lat"] / delta)
+    if config["source"] == "synthetic":
+        synthetic = config["synthetic"]["retrieval"]
+        if subtask == "paired":
+            return synthetic["pairs"]
+        classes = get_dataset(dataset).classes
+        return synthetic["landform_images_per_class"] * (len(classes) if classes else 10)
+    return RETRIEVAL_ITEMS[subtask]
+
+
+def train_images(config: dict[str, Any], dataset: str, partition: str) -> int:
+    """Training images of a final-run partition: all, a fraction, or k per class."""
+    train = split_sizes(config, dataset)["train"]
+    if partition.startswith("fraction_"):
+        return max(1, math.floor(float(partition.removeprefix("fraction_")) * train))
+    if partition.startswith("fewshot_"):
+        classes = get_dataset(dataset).num_classes or 2
+        return min(train, int(partition.removeprefix("fewshot_")) * classes)
+    return train
+
+
+class JobSizer:
+    """Resource requests of every rule, as Snakemake resource callables of one config."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+        self.options = config["job_resources"]
+        self.models = {**bench_models(config), **retrieval_models(config)}
+        self._trials: dict[str, int] = {}  # dataset -> grid points (8,000 jobs ask)
+
+    # ------------------------------------------------------------------ scheduler callables
+
+    def runtime(self, rule: str) -> Callable[..., int]:
+        def runtime(wildcards, attempt: int = 1) -> int:
+            return self.runtime_minutes(rule, dict(wildcards.items()), attempt)
+
+        return runtime
+
+    def mem_mb(self, rule: str) -> Callable[..., int]:
+        def mem_mb(wildcards, attempt: int = 1) -> int:
+            return self.memory_mb(rule, dict(wildcards.items()), attempt)
+
+        return mem_mb
+
+    def gpus(self, rule: str) -> int:
+        """1 for jobs that run a network on a GPU; none where the config pins the CPU."""
+        if rule in BENCH_RULES:
+            return int(self.config["bench"]["device"] != "cpu")
+        if rule in ENCODER_RULES:
+            return int(self.config["retrieval"]["device"] != "cpu")
+        if rule == "index":  # "auto" uses a GPU only where the job happens to see one
+            return int(self.config["retrieval"]["index_gpu"] == "yes")
+        return 0
+
+    def threads(self, rule: str) -> int:
+        """The job's process plus its data-loader workers."""
+        if rule in BENCH_RULES:
+            return 1 + self.config["bench"]["num_workers"]
+        return 2
+
+    # ------------------------------------------------------------------ estimates
+
+    def runtime_minutes(self, rule: str, wildcards: dict[str, str], attempt: int = 1) -> int:
+        seconds = self.work_seconds(rule, wildcards)
+        minutes = self.options["overhead_minutes"] + self.options["safety"] * seconds / 60
+        minutes = max(self.options["min_runtime"], math.ceil(minutes)) * attempt
+        cap = self.options["max_runtime"]
+        return min(minutes, cap) if cap else minutes
+
+    def memory_mb(self, rule: str, wildcards: dict[str, str], attempt: int = 1) -> int:
+        return math.ceil(self.options["base_mem_mb"] + self.held_mb(rule, wildcards)) * attempt
+
+    def _throughput(self, rule: str) -> float:
+        """Sustained FLOP/s of the job's device."""
+        if self.gpus(rule):
+            return self.options["gpu_tflops"] * 1e12
+        return self.options["cpu_gflops"] * 1e9
+
+    def _cost(self, wildcards: dict[str, str]) -> dict[str, Any]:
+        return model_cost(self.models.get(wildcards.get("model", ""), ""))
+
+    def _epochs(self, dataset: str) -> int:
+        return max(task_grid(self.config, task_of(dataset))["max_epochs"])
+
+    def _trials_per_shard(self, dataset: str) -> int:
+        if dataset not in self._trials:
+            spec = get_dataset(dataset)
+            grid = task_grid(self.config, spec.task)
+            self._trials[dataset] = len(expand(grid, spec.task, spec.subtask))
+        return math.ceil(self._trials[dataset] / self.config["bench"]["grid_shards"])
+
+    def _pass_flops(self, dataset: str, images: int, cost: dict[str, Any],
+                    training: bool = False) -> float:
+        """FLOPs of one pass over `images`: a training pass costs three forward passes
+        (forward and backward). On the feature cache only the linear head runs:
+        2 x dim x classes FLOPs per image forward."""
+        factor = 3 if training else 1
+        if self._cached(dataset):
+            classes = get_dataset(dataset).num_classes or 2
+            return factor * images * 2.0 * cost["feature_dim"] * classes
+        return factor * images * cost["forward_gflops"] * 1e9
+
+    def work_seconds(self, rule: str, wildcards: dict[str, str]) -> float:
+        """Seconds of compute a job needs at the configured throughput (before safety)."""
+        dataset = wildcards.get("dataset")
+        cost = self._cost(wildcards)
+        per_image = self.options["image_overhead_ms"] / 1000
+        if rule in ("download", "standardize"):
+            return self._data_seconds(dataset)
+        if rule == "features":
+            images = sum(split_sizes(self.config, dataset).values())
+            return images * (cost["forward_gflops"] * 1e9 / self._throughput(rule) + per_image)
+        if rule in ("tune", "train"):
+            sizes = split_sizes(self.config, dataset)
+            if rule == "tune":
+                runs, train = self._trials_per_shard(dataset), sizes["train"]
+            else:
+                runs = 1 if "seed" in wildcards else len(self.config["bench"]["seeds"])
+                train = train_images(self.config, dataset, wildcards["partition"])
+            speed = self._throughput(rule)
+            epoch = (self._pass_flops(dataset, train, cost, training=True)
+                     + self._pass_flops(dataset, sizes["val"], cost)) / speed
+            epoch += (train + sizes["val"]) * per_image
+            test = self._pass_flops(dataset, sizes["test"], cost) / speed
+            return runs * (self._epochs(dataset) * epoch + test)
+        if rule == "embed":
+            items = database_items(self.config, dataset) / self.config["retrieval"]["embed_shards"]
+            return items * (cost["forward_gflops"] * 1e9 / self._throughput(rule) + per_image)
+        if rule in ("index", "evaluate"):
+            # exact inner products of every query (at most a few thousand) with the database
+            items = database_items(self.config, dataset)
+            return 2.0 * 5000 * items * cost["feature_dim"] / self._throughput(rule)
+        return 0.0  # queries and aggregation: minutes at most
+
+    def _data_seconds(self, dataset: str) -> float:
+        """Reading, checking and writing every image once at `io_mb_per_s`."""
+        spec = get_dataset(dataset)
+        if spec.task == "retrieval":
+            items = database_items(self.config, dataset)
+            if spec.subtask == "geolocalization":
+                items = 0  # a mosaic, not the tiles: sized by the overhead alone
+            pixels = 512 * 512 * 3
+        else:
+            items = sum(split_sizes(self.config, dataset).values())
+            height, width = spec.image_size or (1024, 1024)
+            pixels = height * width * (spec.bands or 3)
+        return items * pixels / (self.options["io_mb_per_s"] * MB)
+
+    def held_mb(self, rule: str, wildcards: dict[str, str]) -> float:
+        """Host memory a job holds beyond the base: weights, cached arrays, loader workers."""
+        dataset = wildcards.get("dataset")
+        cost = self._cost(wildcards)
+        weights = 2 * cost["weights_mb"]
+        workers = self.options["worker_mem_mb"] * self.config["bench"]["num_workers"]
+        if rule == "features" or (rule in ("tune", "train") and self._cached(dataset)):
+            images = sum(split_sizes(self.config, dataset).values())
+            return weights + images * cost["feature_dim"] * 4 / MB + workers
+        if rule in ("tune", "train"):
+            return weights + workers
+        if rule == "embed":
+            items = database_items(self.config, dataset) / self.config["retrieval"]["embed_shards"]
+            return weights + items * cost["feature_dim"] * 4 / MB
+        if rule in ("index", "evaluate"):
+            # the merged float32 matrix and the index built from it
+            return 2 * database_items(self.config, dataset) * cost["feature_dim"] * 4 / MB
+        if rule == "queries":
+            return weights
+        return 0.0
+
+    def _cached(self, dataset: str) -> bool:
+        return uses_feature_cache(self.config, task_of(dataset))
+
+    # ------------------------------------------------------------------ documentation
+
+    def plan(self, jobs: list[tuple[str, dict[str, str]]]) -> list[dict[str, Any]]:
+        """Requests of the given (rule, wildcards) jobs, first attempt: a table for docs and
+        for the job usage table beside what the jobs used."""
+        return [{"rule": rule, **wildcards, "gpu": self.gpus(rule),
+                 "threads": self.threads(rule),
+                 "runtime": self.runtime_minutes(rule, wildcards),
+                 "mem_mb": self.memory_mb(rule, wildcards)} for rule, wildcards in jobs]

@@ -1,0 +1,151 @@
+"""Job resource requests against hand-computed values, and the job usage table."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+from snakemake.utils import validate
+
+from marseval import job_resources
+from marseval.job_resources import JobSizer, database_items, train_images
+from marseval.job_usage import job_wildcards, usage_table
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = str(REPO / "workflow/schemas/config.schema.yaml")
+COSTS = {
+    "yolo11s": {"forward_gflops": 10.0, "weights_mb": 100.0, "feature_dim": 512},
+    "resnet101": {"forward_gflops": 8.0, "weights_mb": 170.0, "feature_dim": 2048},
+    "tiny-clip": {"forward_gflops": 80.0, "weights_mb": 1200.0, "feature_dim": 768},
+}
+
+
+@pytest.fixture(autouse=True)
+def round_costs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Round model costs, so that every estimate below can be worked out by hand."""
+    monkeypatch.setattr(job_resources, "model_costs", lambda: COSTS)
+
+
+def validated(config: dict) -> dict:
+    config = copy.deepcopy(config)
+    validate(config, SCHEMA, set_default=True)
+    return config
+
+
+DETECTION = {"datasets": ["mb-conequest_det"], "source": "huggingface",
+             "bench": {"models": {"detection": ["yolo11s"]}, "grid": {"max_epochs": [10, 20]},
+                       "grid_shards": 1},
+             "job_resources": {"gpu_tflops": 1}}
+
+
+def test_tune_shard_of_a_detector() -> None:
+    sizer = JobSizer(validated(DETECTION))
+    wildcards = {"dataset": "mb-conequest_det", "model": "yolo11s", "shard": "0"}
+    # 2 trials (max_epochs 10, 20) in one shard, each counted at 20 epochs. Registry splits
+    # 1158 / 167 / 333. An epoch: (3 x 1158 + 167) x 10 GFLOP at 1 TFLOP/s = 36.41 s, plus
+    # (1158 + 167) x 2 ms = 2.65 s; the test pass 333 x 10 GFLOP = 3.33 s.
+    # 2 x (20 x 39.06 + 3.33) = 1569.06 s; 5 + 2 x 1569.06 / 60 = 57.30 -> 58 minutes.
+    assert sizer.work_seconds("tune", wildcards) == pytest.approx(1569.06)
+    assert sizer.runtime_minutes("tune", wildcards) == 58
+    assert sizer.runtime_minutes("tune", wildcards, attempt=2) == 116
+    assert sizer.memory_mb("tune", wildcards) == 4000 + 2 * 100
+    assert sizer.memory_mb("tune", wildcards, attempt=2) == 2 * 4200
+    capped = JobSizer(validated({**DETECTION, "job_resources": {"gpu_tflops": 1,
+                                                                "max_runtime": 60}}))
+    assert capped.runtime_minutes("tune", wildcards, attempt=2) == 60
+
+
+def test_final_run_on_the_feature_cache() -> None:
+    config = validated({"datasets": ["mb-domars16k"], "source": "huggingface",
+                        "bench": {"models": {"classification": ["resnet101"]},
+                                  "grid": {"max_epochs": [50]}},
+                        "job_resources": {"gpu_tflops": 1}})
+    sizer = JobSizer(config)
+    wildcards = {"dataset": "mb-domars16k", "model": "resnet101", "partition": "fewshot_5",
+                 "seed": "0"}
+    # 5 shots x 15 classes = 75 images; on the cache only the head runs: an epoch is
+    # (3 x 75 + 1231) x 2 x 2048 x 15 FLOPs = 89.5 MFLOP (0.00009 s) plus 1306 x 2 ms.
+    assert train_images(config, "mb-domars16k", "fewshot_5") == 75
+    epoch = (3 * 75 + 1231) * 2 * 2048 * 15 / 1e12 + 1306 * 0.002
+    test = 1014 * 2 * 2048 * 15 / 1e12
+    assert sizer.work_seconds("train", wildcards) == pytest.approx(50 * epoch + test)
+    assert sizer.runtime_minutes("train", wildcards) == 10  # 9.35 -> 10: min_runtime too
+    assert sizer.runtime_minutes("train", wildcards, attempt=3) == 30
+    # weights twice, and the cached features of all 13,550 images: 13550 x 2048 x 4 B
+    assert sizer.memory_mb("train", wildcards) == 4446  # 4000 + 340 + 105.86
+    assert train_images(config, "mb-domars16k", "fraction_0.10") == 1130
+
+
+def test_embedding_shard_of_the_global_tile_grid() -> None:
+    config = validated({"datasets": ["mr-geolocalization"], "source": "huggingface",
+                        "retrieval": {"models": ["tiny-clip"], "embed_shards": 8,
+                                      "tile_delta": 0.2, "max_abs_lat": 80}})
+    sizer = JobSizer(config)
+    assert database_items(config, "mr-geolocalization") == 1800 * 800
+    wildcards = {"dataset": "mr-geolocalization", "model": "tiny-clip", "shard": "3"}
+    # 180,000 tiles x (80 GFLOP / 20 TFLOP/s + 2 ms) = 1080 s; 5 + 2 x 18 = 41 minutes
+    assert sizer.runtime_minutes("embed", wildcards) == 41
+    # 4000 + 2 x 1200 + 180,000 x 768 x 4 B (527.34 MB)
+    assert sizer.memory_mb("embed", wildcards) == 6928
+
+
+def test_gpus_and_threads_follow_the_config() -> None:
+    config = validated({"datasets": ["mb-frost_cls"], "bench": {"num_workers": 3},
+                        "retrieval": {"index_gpu": "yes"}})
+    sizer = JobSizer(config)
+    assert [sizer.gpus(r) for r in ("features", "tune", "train", "embed", "index",
+                                     "evaluate", "download")] == [1, 1, 1, 1, 1, 0, 0]
+    assert sizer.threads("tune") == 4 and sizer.threads("embed") == 2
+    cpu = JobSizer(validated({"datasets": ["mb-frost_cls"], "bench": {"device": "cpu"},
+                              "retrieval": {"device": "cpu", "index_gpu": "auto"}}))
+    assert [cpu.gpus(r) for r in ("tune", "embed", "queries", "index")] == [0, 0, 0, 0]
+
+
+def test_database_sizes_of_real_and_synthetic_sources() -> None:
+    real = validated({"datasets": ["mr-vl_pairs"], "source": "huggingface"})
+    assert database_items(real, "mr-vl_pairs") == 2287  # the dataset card's row count
+    synthetic = validated({"datasets": ["mr-vl_pairs"], "synthetic": {"retrieval": {"pairs": 9}}})
+    assert database_items(synthetic, "mr-vl_pairs") == 9
+
+
+def test_an_unknown_model_is_sized_as_a_large_vit() -> None:
+    sizer = JobSizer(validated(DETECTION))
+    wildcards = {"dataset": "mb-conequest_det", "model": "someone-elses", "shard": "0"}
+    assert sizer.memory_mb("tune", wildcards) == 4000 + 2 * 1160
+
+
+BENCHMARK_TSV = ("s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load"
+                 "\tcpu_time\n120.0\t0:02:00\t2100.0\t3000.0\t2000.0\t2050.0\t1.0\t2.0\t90.0"
+                 "\t110.0\n")
+
+
+def test_job_usage_puts_use_beside_request(tmp_path: Path) -> None:
+    tsv = tmp_path / "tune/mb-conequest_det/yolo11s/shard0.tsv"
+    tsv.parent.mkdir(parents=True)
+    tsv.write_text(BENCHMARK_TSV)
+    table = usage_table(tmp_path, validated(DETECTION))
+    row = table.iloc[0].to_dict()
+    assert row["rule"] == "tune" and row["job"] == "0" and row["seconds"] == 120.0
+    assert row["requested_runtime_min"] == 58 and row["requested_mem_mb"] == 4200
+    assert row["runtime_used"] == round(2 / 58, 4) and row["mem_used"] == 0.5
+
+
+def test_job_wildcards_from_benchmark_paths() -> None:
+    assert job_wildcards(Path("train/mb-frost_cls/resnet101/fraction_0.10/seed42.tsv")) == (
+        "train", {"dataset": "mb-frost_cls", "model": "resnet101", "partition": "fraction_0.10",
+                  "seed": "42"})
+    assert job_wildcards(Path("train/mb-frost_cls/resnet101/default/seeds.tsv")) == (
+        "train", {"dataset": "mb-frost_cls", "model": "resnet101", "partition": "default"})
+    assert job_wildcards(Path("index/mr-landforms/tiny-clip.tsv")) == (
+        "index", {"dataset": "mr-landforms", "model": "tiny-clip"})
+
+
+def test_a_broken_benchmark_file_names_itself(tmp_path: Path) -> None:
+    from marseval.errors import MarsevalError
+
+    tsv = tmp_path / "index/mr-landforms/tiny-clip.tsv"
+    tsv.parent.mkdir(parents=True)
+    tsv.write_text("")
+    with pytest.raises(MarsevalError, match="tiny-clip.tsv: not a Snakemake benchmark file"):
+        usage_table(tmp_path, validated(DETECTION))
