@@ -1,34 +1,47 @@
 # The two Quick start commands of README.md: `make run` and `make test`.
-# Both create .venv on first use and install marseval with its test extra into it.
+# Both create .venv on first use and install marseval with its test extra into it, at the
+# exact versions of requirements.lock (`make lock` regenerates the lock and envs/*.yaml).
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 SNAKEMAKE_ARGS ?=
 
-.PHONY: run test install lint clean
+.PHONY: run test install lock lock-envs lint clean
 
 install: $(INSTALLED)
 
-$(INSTALLED): pyproject.toml
+$(INSTALLED): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test]"
-	# rliable caps arch below 8, but arch 7 does not import under pandas 3; rliable works
-	# with arch 8 (pip prints a resolver warning here, expected)
-	$(BIN)/python -m pip install --quiet "arch>=8"
+	# --no-deps: the lock is the whole closure. rliable caps arch below 8, but arch 7 does not
+	# import under pandas 3 and rliable works with arch 8, so the lock holds arch 8 and a
+	# resolving install would refuse it (`pip check` names this one conflict, expected)
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $@
 
-# The whole embedded-default workflow, end to end, on this machine's CPUs.
+# Re-resolve from pyproject.toml in a fresh temporary venv: writes requirements.lock and the
+# per-rule conda envs (envs/*.yaml) from it. Commit all five files together.
+lock:
+	$(PYTHON) envs/lock.py
+
+# Only envs/*.yaml, from the current lock and the packages installed in .venv.
+lock-envs: $(INSTALLED)
+	$(BIN)/python envs/lock.py --envs-only
+
+# The whole embedded-default workflow, end to end, on this machine's CPUs (without
+# --configfile, snakemake would run the paper: config/config.yaml).
 run: $(INSTALLED)
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --profile profiles/local $(SNAKEMAKE_ARGS)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --configfile config/embedded.yaml \
+		--profile profiles/local $(SNAKEMAKE_ARGS)
 
 # The test suite (lint, unit, oracle and workflow tests).
 test: $(INSTALLED)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(INSTALLED)
-	$(BIN)/ruff check marseval tests benchmarks
+	$(BIN)/ruff check marseval tests benchmarks envs
 	$(BIN)/snakefmt --check Snakefile workflow/rules
 
 clean:

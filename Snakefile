@@ -7,11 +7,13 @@ from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
-# The package in this checkout drives every rule (see marseval/workflow.py).
-sys.path.insert(0, workflow.basedir)
+# The marseval package beside this Snakefile drives every rule (marseval/workflow.py). Used
+# as a module, this is the module's folder, not the folder of the workflow that deploys it.
+MARSEVAL_DIR = workflow.current_basedir.get_path_or_uri(secret_free=True)
+sys.path.insert(0, MARSEVAL_DIR)
 from marseval.workflow import export_job_environment
 
-export_job_environment(workflow.basedir)
+export_job_environment(MARSEVAL_DIR)
 
 
 # A config means exactly what its file says: config/config.yaml is read only when no

@@ -233,9 +233,10 @@ def report_category(wildcards) -> str:
 
 def retrieval_report_labels(wildcards) -> dict[str, str]:
     """Summary tables by name, maps by model and query mode (the pattern's wildcards)."""
-    if "figure" in wildcards.keys():
-        return {"figure": wildcards.figure}
-    return {"table": wildcards.name}
+    named = dict(wildcards.items())
+    if "figure" in named:
+        return {"figure": named["figure"]}
+    return {"table": named["name"]}
 
 
 def report_targets(config: dict[str, Any]) -> list[str]:

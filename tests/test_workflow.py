@@ -416,3 +416,35 @@ def test_paper_figures_redraw_the_published_runs(tmp_path: Path,
     assert (folder / "segmentation/figures/training_size.png").stat().st_size > 1000
     summary = json.loads((folder / "classification/summary.json").read_text())
     assert summary["dropped_datasets"] == ["mb-change_cls_ctx"]
+
+
+def test_the_workflow_runs_as_a_module_from_another_folder(tmp_path: Path,
+                                                          workflow_env: dict[str, str]) -> None:
+    """A deployment (snakedeploy's layout): the user's own Snakefile and config in one folder,
+    marseval as a `module` elsewhere; jobs still find the marseval package of the module."""
+    marseval = repo_copy(tmp_path / "marseval")
+    deployment = tmp_path / "deployment"
+    (deployment / "config").mkdir(parents=True)
+    (deployment / "config/config.yaml").write_text(
+        "datasets: [mb-frost_cls]\nsynthetic: {samples: {train: 8, val: 4, test: 4}}\n")
+    (deployment / "Snakefile").write_text(f'''configfile: "config/config.yaml"
+
+
+module marseval:
+    snakefile:
+        "{marseval / 'Snakefile'}"
+    config:
+        config
+
+
+use rule * from marseval as marseval_*
+''')
+    env = {k: v for k, v in workflow_env.items() if k != "PYTHONPATH"}  # nothing but the module
+    result = snakemake(["--cores", "2", "results/data/mb-frost_cls"], env, cwd=deployment)
+    assert result.returncode == 0, result.stdout + result.stderr
+    meta = json.loads((deployment / "results/data/mb-frost_cls/meta.json").read_text())
+    assert meta["splits"] == {"train": 8, "val": 4, "test": 4}
+    import yaml
+
+    recorded = yaml.safe_load((deployment / "results/config.yaml").read_text())
+    assert recorded["datasets"] == ["mb-frost_cls"] and recorded["bench"]["head"] == "linear"
