@@ -8,8 +8,8 @@ calls them while it is parsed, so they read no data. The estimate of a job is
     mem_mb  = base + model weights x 2 + arrays held in memory   (x attempt)
 
 where the work is counted in forward FLOPs of the model per image (training steps count three
-forward passes: forward and backward), every epoch runs to `max_epochs` (early stopping makes
-that an upper bound), and throughput is `job_resources.gpu_tflops` for jobs that get a GPU and
+forward passes: forward and backward), every trial runs to its `max_epochs` (early stopping
+makes that an upper bound), and throughput is `job_resources.gpu_tflops` for jobs that get a GPU and
 `job_resources.cpu_gflops` otherwise. Grid shards and final runs resume from their progress
 files and checkpoints, so a job that hits its limit loses little: the retry (`attempt` 2)
 asks for twice as much and carries on. docs/resources.md gives the numbers behind the defaults.
@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from marseval.bench.grid import expand
+from marseval.bench.grid import expand, shard
 from marseval.registry import get_dataset
 from marseval.workflow import (
     bench_models,
@@ -104,7 +104,7 @@ class JobSizer:
         self.config = config
         self.options = config["job_resources"]
         self.models = {**bench_models(config), **retrieval_models(config)}
-        self._trials: dict[str, int] = {}  # dataset -> grid points (8,000 jobs ask)
+        self._shard_runs: dict[tuple[str, int], list[tuple[int, int]]] = {}  # 8,000 jobs ask
 
     # ------------------------------------------------------------------ scheduler callables
 
@@ -157,15 +157,21 @@ class JobSizer:
     def _cost(self, wildcards: dict[str, str]) -> dict[str, Any]:
         return model_cost(self.models.get(wildcards.get("model", ""), ""))
 
-    def _epochs(self, dataset: str) -> int:
-        return max(task_grid(self.config, task_of(dataset))["max_epochs"])
+    def _final_runs(self, dataset: str, runs: int) -> list[tuple[int, int]]:
+        """(epochs, batch size) of a job's final runs: the selected trial is known only
+        after tuning, so the grid's most epochs and smallest batch (most steps)."""
+        grid = task_grid(self.config, task_of(dataset))
+        return [(max(grid["max_epochs"]), min(grid["batch_size"]))] * runs
 
-    def _trials_per_shard(self, dataset: str) -> int:
-        if dataset not in self._trials:
+    def _shard_runs_of(self, dataset: str, index: int) -> list[tuple[int, int]]:
+        """(max_epochs, batch size) of every trial of one grid shard (the tune job's)."""
+        key = (dataset, index)
+        if key not in self._shard_runs:
             spec = get_dataset(dataset)
-            grid = task_grid(self.config, spec.task)
-            self._trials[dataset] = len(expand(grid, spec.task, spec.subtask))
-        return math.ceil(self._trials[dataset] / self.config["bench"]["grid_shards"])
+            trials = expand(task_grid(self.config, spec.task), spec.task, spec.subtask)
+            chosen = shard(trials, index, self.config["bench"]["grid_shards"])
+            self._shard_runs[key] = [(t["max_epochs"], t["batch_size"]) for t in chosen]
+        return self._shard_runs[key]
 
     def _pass_flops(self, dataset: str, images: int, cost: dict[str, Any],
                     training: bool = False) -> float:
@@ -188,19 +194,13 @@ class JobSizer:
         if rule == "features":
             images = sum(split_sizes(self.config, dataset).values())
             return images * (cost["forward_gflops"] * 1e9 / self._throughput(rule) + per_image)
-        if rule in ("tune", "train"):
-            sizes = split_sizes(self.config, dataset)
-            if rule == "tune":
-                runs, train = self._trials_per_shard(dataset), sizes["train"]
-            else:
-                runs = 1 if "seed" in wildcards else len(self.config["bench"]["seeds"])
-                train = train_images(self.config, dataset, wildcards["partition"])
-            speed = self._throughput(rule)
-            epoch = (self._pass_flops(dataset, train, cost, training=True)
-                     + self._pass_flops(dataset, sizes["val"], cost)) / speed
-            epoch += (train + sizes["val"]) * per_image
-            test = self._pass_flops(dataset, sizes["test"], cost) / speed
-            return runs * (self._epochs(dataset) * epoch + test)
+        if rule == "tune":  # each trial of the shard runs to its own max_epochs
+            runs = self._shard_runs_of(dataset, int(wildcards["shard"]))
+            return self._training_seconds(rule, dataset, runs, None, cost)
+        if rule == "train":  # one run per seed of the job, on the partition's images
+            runs = self._final_runs(dataset, 1 if "seed" in wildcards
+                                    else len(self.config["bench"]["seeds"]))
+            return self._training_seconds(rule, dataset, runs, wildcards["partition"], cost)
         if rule == "embed":
             items = database_items(self.config, dataset) / self.config["retrieval"]["embed_shards"]
             return items * (cost["forward_gflops"] * 1e9 / self._throughput(rule) + per_image)
@@ -209,6 +209,25 @@ class JobSizer:
             items = database_items(self.config, dataset)
             return 2.0 * 5000 * items * cost["feature_dim"] / self._throughput(rule)
         return 0.0  # queries and aggregation: minutes at most
+
+    def _training_seconds(self, rule: str, dataset: str, runs: list[tuple[int, int]],
+                          partition: str | None, cost: dict[str, Any]) -> float:
+        """Runs of (epochs, batch size): per epoch a training and a validation pass, image
+        decoding (none on the feature cache) and a fixed cost per optimizer or eval step;
+        a test pass at the end of each run."""
+        sizes = split_sizes(self.config, dataset)
+        train = sizes["train"] if partition is None else train_images(
+            self.config, dataset, partition)
+        speed = self._throughput(rule)
+        compute = (self._pass_flops(dataset, train, cost, training=True)
+                   + self._pass_flops(dataset, sizes["val"], cost)) / speed
+        if not self._cached(dataset):
+            compute += (train + sizes["val"]) * self.options["image_overhead_ms"] / 1000
+        test = self._pass_flops(dataset, sizes["test"], cost) / speed
+        step = self.options["step_overhead_ms"] / 1000
+        return sum(epochs * (compute + step * (math.ceil(train / batch)
+                                               + math.ceil(sizes["val"] / batch))) + test
+                   for epochs, batch in runs)
 
     def _data_seconds(self, dataset: str) -> float:
         """Reading, checking and writing every image once at `io_mb_per_s`."""

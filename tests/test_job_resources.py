@@ -42,18 +42,23 @@ DETECTION = {"datasets": ["mb-conequest_det"], "source": "huggingface",
 def test_tune_shard_of_a_detector() -> None:
     sizer = JobSizer(validated(DETECTION))
     wildcards = {"dataset": "mb-conequest_det", "model": "yolo11s", "shard": "0"}
-    # 2 trials (max_epochs 10, 20) in one shard, each counted at 20 epochs. Registry splits
-    # 1158 / 167 / 333. An epoch: (3 x 1158 + 167) x 10 GFLOP at 1 TFLOP/s = 36.41 s, plus
-    # (1158 + 167) x 2 ms = 2.65 s; the test pass 333 x 10 GFLOP = 3.33 s.
-    # 2 x (20 x 39.06 + 3.33) = 1569.06 s; 5 + 2 x 1569.06 / 60 = 57.30 -> 58 minutes.
-    assert sizer.work_seconds("tune", wildcards) == pytest.approx(1569.06)
-    assert sizer.runtime_minutes("tune", wildcards) == 58
-    assert sizer.runtime_minutes("tune", wildcards, attempt=2) == 116
+    # 2 trials (max_epochs 10 and 20) in one shard, each run to its own max_epochs. Registry
+    # splits 1158 / 167 / 333. An epoch: (3 x 1158 + 167) x 10 GFLOP at 1 TFLOP/s = 36.41 s,
+    # (1158 + 167) images x 2 ms = 2.65 s, (37 + 6) steps of 32 images x 5 ms = 0.215 s:
+    # 39.275 s; the test pass 333 x 10 GFLOP = 3.33 s.
+    # (10 + 20) x 39.275 + 2 x 3.33 = 1184.91 s; 5 + 2 x 1184.91 / 60 = 44.50 -> 45 minutes.
+    assert sizer.work_seconds("tune", wildcards) == pytest.approx(1184.91)
+    assert sizer.runtime_minutes("tune", wildcards) == 45
+    assert sizer.runtime_minutes("tune", wildcards, attempt=2) == 90
     assert sizer.memory_mb("tune", wildcards) == 4000 + 2 * 100
     assert sizer.memory_mb("tune", wildcards, attempt=2) == 2 * 4200
     capped = JobSizer(validated({**DETECTION, "job_resources": {"gpu_tflops": 1,
                                                                 "max_runtime": 60}}))
     assert capped.runtime_minutes("tune", wildcards, attempt=2) == 60
+    # two shards: one trial each (round-robin), 10 and 20 epochs
+    halves = JobSizer(validated({**DETECTION, "bench": {**DETECTION["bench"], "grid_shards": 2}}))
+    assert [halves.work_seconds("tune", {**wildcards, "shard": s}) for s in ("0", "1")] == [
+        pytest.approx(10 * 39.275 + 3.33), pytest.approx(20 * 39.275 + 3.33)]
 
 
 def test_final_run_on_the_feature_cache() -> None:
@@ -64,13 +69,14 @@ def test_final_run_on_the_feature_cache() -> None:
     sizer = JobSizer(config)
     wildcards = {"dataset": "mb-domars16k", "model": "resnet101", "partition": "fewshot_5",
                  "seed": "0"}
-    # 5 shots x 15 classes = 75 images; on the cache only the head runs: an epoch is
-    # (3 x 75 + 1231) x 2 x 2048 x 15 FLOPs = 89.5 MFLOP (0.00009 s) plus 1306 x 2 ms.
+    # 5 shots x 15 classes = 75 images; on the cache only the head runs and no image is
+    # decoded: an epoch is (3 x 75 + 1231) x 2 x 2048 x 15 FLOPs = 89.5 MFLOP (0.00009 s)
+    # plus (3 + 39) steps of 32 x 5 ms.
     assert train_images(config, "mb-domars16k", "fewshot_5") == 75
-    epoch = (3 * 75 + 1231) * 2 * 2048 * 15 / 1e12 + 1306 * 0.002
+    epoch = (3 * 75 + 1231) * 2 * 2048 * 15 / 1e12 + (3 + 39) * 0.005
     test = 1014 * 2 * 2048 * 15 / 1e12
     assert sizer.work_seconds("train", wildcards) == pytest.approx(50 * epoch + test)
-    assert sizer.runtime_minutes("train", wildcards) == 10  # 9.35 -> 10: min_runtime too
+    assert sizer.runtime_minutes("train", wildcards) == 10  # 5.35 -> 6 -> min_runtime 10
     assert sizer.runtime_minutes("train", wildcards, attempt=3) == 30
     # weights twice, and the cached features of all 13,550 images: 13550 x 2048 x 4 B
     assert sizer.memory_mb("train", wildcards) == 4446  # 4000 + 340 + 105.86
@@ -127,8 +133,8 @@ def test_job_usage_puts_use_beside_request(tmp_path: Path) -> None:
     table = usage_table(tmp_path, validated(DETECTION))
     row = table.iloc[0].to_dict()
     assert row["rule"] == "tune" and row["job"] == "0" and row["seconds"] == 120.0
-    assert row["requested_runtime_min"] == 58 and row["requested_mem_mb"] == 4200
-    assert row["runtime_used"] == round(2 / 58, 4) and row["mem_used"] == 0.5
+    assert row["requested_runtime_min"] == 45 and row["requested_mem_mb"] == 4200
+    assert row["runtime_used"] == round(2 / 45, 4) and row["mem_used"] == 0.5
 
 
 def test_job_wildcards_from_benchmark_paths() -> None:
