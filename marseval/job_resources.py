@@ -188,12 +188,11 @@ class JobSizer:
         """Seconds of compute a job needs at the configured throughput (before safety)."""
         dataset = wildcards.get("dataset")
         cost = self._cost(wildcards)
-        per_image = self.options["image_overhead_ms"] / 1000
         if rule in ("download", "standardize"):
             return self._data_seconds(dataset)
         if rule == "features":
-            images = sum(split_sizes(self.config, dataset).values())
-            return images * (cost["forward_gflops"] * 1e9 / self._throughput(rule) + per_image)
+            return self._forward_seconds(rule, sum(split_sizes(self.config, dataset).values()),
+                                         cost)
         if rule == "tune":  # each trial of the shard runs to its own max_epochs
             runs = self._shard_runs_of(dataset, int(wildcards["shard"]))
             return self._training_seconds(rule, dataset, runs, None, cost)
@@ -202,13 +201,20 @@ class JobSizer:
                                     else len(self.config["bench"]["seeds"]))
             return self._training_seconds(rule, dataset, runs, wildcards["partition"], cost)
         if rule == "embed":
-            items = database_items(self.config, dataset) / self.config["retrieval"]["embed_shards"]
-            return items * (cost["forward_gflops"] * 1e9 / self._throughput(rule) + per_image)
+            return self._forward_seconds(rule, self._shard_items(dataset), cost)
         if rule in ("index", "evaluate"):
             # exact inner products of every query (at most a few thousand) with the database
             items = database_items(self.config, dataset)
             return 2.0 * 5000 * items * cost["feature_dim"] / self._throughput(rule)
         return 0.0  # queries and aggregation: minutes at most
+
+    def _forward_seconds(self, rule: str, items: float, cost: dict[str, Any]) -> float:
+        """One forward pass of the model over `items` images, decoding included."""
+        return items * (cost["forward_gflops"] * 1e9 / self._throughput(rule)
+                        + self.options["image_overhead_ms"] / 1000)
+
+    def _shard_items(self, dataset: str) -> float:
+        return database_items(self.config, dataset) / self.config["retrieval"]["embed_shards"]
 
     def _training_seconds(self, rule: str, dataset: str, runs: list[tuple[int, int]],
                           partition: str | None, cost: dict[str, Any]) -> float:
@@ -249,14 +255,14 @@ class JobSizer:
         cost = self._cost(wildcards)
         weights = 2 * cost["weights_mb"]
         workers = self.options["worker_mem_mb"] * self.config["bench"]["num_workers"]
-        if rule == "features" or (rule in ("tune", "train") and self._cached(dataset)):
+        if rule in ("tune", "train"):  # weights, and the feature cache where one is read
+            held = self.held_mb("features", wildcards) if self._cached(dataset) else weights
+            return held + workers
+        if rule == "features":  # the cache of every image, written at the end
             images = sum(split_sizes(self.config, dataset).values())
-            return weights + images * cost["feature_dim"] * 4 / MB + workers
-        if rule in ("tune", "train"):
-            return weights + workers
+            return weights + images * cost["feature_dim"] * 4 / MB
         if rule == "embed":
-            items = database_items(self.config, dataset) / self.config["retrieval"]["embed_shards"]
-            return weights + items * cost["feature_dim"] * 4 / MB
+            return weights + self._shard_items(dataset) * cost["feature_dim"] * 4 / MB
         if rule in ("index", "evaluate"):
             # the merged float32 matrix and the index built from it
             return 2 * database_items(self.config, dataset) * cost["feature_dim"] * 4 / MB
@@ -266,13 +272,3 @@ class JobSizer:
 
     def _cached(self, dataset: str) -> bool:
         return uses_feature_cache(self.config, task_of(dataset))
-
-    # ------------------------------------------------------------------ documentation
-
-    def plan(self, jobs: list[tuple[str, dict[str, str]]]) -> list[dict[str, Any]]:
-        """Requests of the given (rule, wildcards) jobs, first attempt: a table for docs and
-        for the job usage table beside what the jobs used."""
-        return [{"rule": rule, **wildcards, "gpu": self.gpus(rule),
-                 "threads": self.threads(rule),
-                 "runtime": self.runtime_minutes(rule, wildcards),
-                 "mem_mb": self.memory_mb(rule, wildcards)} for rule, wildcards in jobs]
