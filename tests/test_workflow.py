@@ -209,7 +209,7 @@ def embedded_default(tmp_path_factory: pytest.TempPathFactory):
     """One run of the embedded default from scratch in a checkout, shared by the tests that
     inspect it."""
     workdir = repo_copy(tmp_path_factory.mktemp("embedded"))
-    # about 7 minutes on 2 idle cores; the limit leaves room for a busy machine
+    # 13 minutes on the 2-core machine (2026-12-02); the limit leaves room for a busy one
     result = snakemake(embedded_args(), guarded_env(workdir), cwd=workdir, timeout=1800)
     return workdir, result
 
