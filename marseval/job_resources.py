@@ -131,10 +131,11 @@ class JobSizer:
         return 0
 
     def threads(self, rule: str) -> int:
-        """The job's process plus its data-loader workers."""
-        if rule in BENCH_RULES:
+        """Training jobs: the process plus its data-loader workers; jobs that decode and
+        embed images in-process (features, embed, queries) and index searches: 2."""
+        if rule in ("tune", "train"):
             return 1 + self.config["bench"]["num_workers"]
-        return 2
+        return 1 if rule in ("download", "standardize") else 2
 
     # ------------------------------------------------------------------ estimates
 

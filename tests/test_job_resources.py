@@ -102,7 +102,8 @@ def test_gpus_and_threads_follow_the_config() -> None:
     sizer = JobSizer(config)
     assert [sizer.gpus(r) for r in ("features", "tune", "train", "embed", "index",
                                      "evaluate", "download")] == [1, 1, 1, 1, 1, 0, 0]
-    assert sizer.threads("tune") == 4 and sizer.threads("embed") == 2
+    assert [sizer.threads(r) for r in ("tune", "train", "features", "embed", "download")] == [
+        4, 4, 2, 2, 1]
     cpu = JobSizer(validated({"datasets": ["mb-frost_cls"], "bench": {"device": "cpu"},
                               "retrieval": {"device": "cpu", "index_gpu": "auto"}}))
     assert [cpu.gpus(r) for r in ("tune", "embed", "queries", "index")] == [0, 0, 0, 0]

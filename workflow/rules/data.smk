@@ -9,7 +9,7 @@ rule download:
         f"{LOGS}/download/{{source}}/{{dataset}}.log",
     conda:
         "../../envs/data.yaml"
-    threads: 1
+    threads: JOBS.threads("download")
     resources:
         downloads=1,
         mem_mb=JOBS.mem_mb("download"),
@@ -33,7 +33,7 @@ rule standardize:
         f"{LOGS}/standardize/{{dataset}}.log",
     conda:
         "../../envs/data.yaml"
-    threads: 1
+    threads: JOBS.threads("standardize")
     resources:
         mem_mb=JOBS.mem_mb("standardize"),
         runtime=JOBS.runtime("standardize"),
