@@ -30,6 +30,7 @@ from marseval.registry import get_dataset
 from marseval.workflow import (
     bench_models,
     retrieval_models,
+    source_of,
     task_grid,
     task_of,
     uses_feature_cache,
@@ -39,9 +40,8 @@ from marseval.workflow import (
 # Mars-VL-Pairs has 2,287 rows (its dataset card); Mars-Landforms is "1K-10K" images (its card:
 # the upper end is taken). The geo-localization database is the tile grid (computed).
 RETRIEVAL_ITEMS = {"paired": 2287, "landform": 10000}
-# A model missing from model_costs.yaml (a user's own) is sized as a ViT-L/16 at 224 px.
-DEFAULT_COST = {"forward_gflops": 123.0, "weights_mb": 1160.0, "feature_dim": 1024,
-                "input_size": 224}
+# A model missing from model_costs.yaml (a user's own) is sized as this measured one.
+DEFAULT_MODEL = "vit_l_16"
 BENCH_RULES = ("features", "tune", "train")
 ENCODER_RULES = ("embed", "queries")
 MB = 2**20
@@ -54,16 +54,16 @@ def model_costs() -> dict[str, dict[str, Any]]:
 
 
 def model_cost(name: str) -> dict[str, Any]:
-    found = model_costs().get(name, {})
-    return {**DEFAULT_COST, **{k: v for k, v in found.items() if v is not None}}
+    costs = model_costs()
+    found = costs.get(name, {})
+    return {**costs[DEFAULT_MODEL], **{k: v for k, v in found.items() if v is not None}}
 
 
 def split_sizes(config: dict[str, Any], dataset: str) -> dict[str, int]:
     """Images per split: the synthetic generator's counts, or the registry's (paper Table 1);
     an unknown count is taken as the largest known one of the dataset."""
     spec = get_dataset(dataset)
-    source = config["dataset_options"].get(dataset, {}).get("source", config["source"])
-    if source == "synthetic":
+    if source_of(config, dataset) == "synthetic":
         return dict(config["synthetic"]["samples"])
     known = [n for n in spec.splits.values() if n]
     fallback = max(known, default=10000)
@@ -77,7 +77,7 @@ def database_items(config: dict[str, Any], dataset: str) -> int:
     if subtask == "geolocalization":  # the tile grid (marseval.retrieval.tiles.tile_grid)
         delta = options["tile_delta"]
         return round(360 / delta) * round(2 * options["max_abs_lat"] / delta)
-    if config["source"] == "synthetic":
+    if source_of(config, dataset) == "synthetic":
         synthetic = config["synthetic"]["retrieval"]
         if subtask == "paired":
             return synthetic["pairs"]

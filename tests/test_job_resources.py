@@ -18,6 +18,7 @@ COSTS = {
     "yolo11s": {"forward_gflops": 10.0, "weights_mb": 100.0, "feature_dim": 512},
     "resnet101": {"forward_gflops": 8.0, "weights_mb": 170.0, "feature_dim": 2048},
     "tiny-clip": {"forward_gflops": 80.0, "weights_mb": 1200.0, "feature_dim": 768},
+    "vit_l_16": {"forward_gflops": 123.0, "weights_mb": 1160.0, "feature_dim": 1024},
 }
 
 
