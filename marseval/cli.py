@@ -266,7 +266,7 @@ def run_bench(args: argparse.Namespace) -> None:
         trials = shard(expand(args.grid, meta["task"], meta["subtask"]), args.shard, args.shards)
         run_shard(_setup(args), trials, args.out, seed=args.seed)
     elif args.command == "select":
-        from marseval.bench.tune import select_best
+        from marseval.bench.selection import select_best
 
         best = select_best(args.shards, args.out)
         print(f"best trial {best['trial_id']}: {best['hyperparameters']} "

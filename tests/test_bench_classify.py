@@ -14,8 +14,9 @@ from marseval.bench.experiment import Setup
 from marseval.bench.features import cache_features
 from marseval.bench.grid import expand
 from marseval.bench.runs import train_runs
+from marseval.bench.selection import select_best
 from marseval.bench.training import HParams
-from marseval.bench.tune import run_shard, select_best
+from marseval.bench.tune import run_shard
 from marseval.data.standardize import standardize
 from marseval.data.synthetic.generate import generate_benchmark
 from marseval.data.synthetic.writers import write_zenodo

@@ -15,8 +15,9 @@ from marseval.bench.experiment import Setup, open_experiment
 from marseval.bench.grid import expand
 from marseval.bench.runs import train_runs
 from marseval.bench.seg_metrics import SegmentationScorer
+from marseval.bench.selection import select_best
 from marseval.bench.training import HParams, validation_loss
-from marseval.bench.tune import run_shard, select_best
+from marseval.bench.tune import run_shard
 from marseval.data.standardize import standardize
 from marseval.data.synthetic.generate import generate_benchmark
 from marseval.data.synthetic.writers import write_zenodo

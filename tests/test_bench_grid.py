@@ -12,7 +12,7 @@ import yaml
 from marseval.bench.collect import SCHEMA, collect
 from marseval.bench.grid import expand, shard, trial_id
 from marseval.bench.runs import partition_subset
-from marseval.bench.tune import select_best
+from marseval.bench.selection import select_best
 from marseval.errors import MarsevalError
 
 REPO = Path(__file__).resolve().parents[1]

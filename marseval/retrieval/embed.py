@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -27,8 +28,10 @@ from PIL import Image
 
 from marseval.errors import MarsevalError
 from marseval.retrieval.index import write_shard
-from marseval.retrieval.models import EmbeddingModel, load_model
 from marseval.retrieval.tiles import Mosaic, tile_grid
+
+if TYPE_CHECKING:  # torch loads only in the jobs that embed: evaluate reads files
+    from marseval.retrieval.models import EmbeddingModel
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +114,8 @@ def embed_shard(dataset_dir: Path, model_name: str, shard: int, shards: int, out
     table = database(dataset_dir, meta, tiles)
     rows = table.iloc[list(shard_rows(len(table), shard, shards))]
     started = time.perf_counter()
+    from marseval.retrieval.models import load_model
+
     model = load_model(model_name, device)
     extra: dict[str, np.ndarray] = {}
     if meta["subtask"] == "geolocalization":

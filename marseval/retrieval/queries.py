@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -24,7 +25,9 @@ import pandas as pd
 from marseval.atomic import atomic_write_bytes
 from marseval.errors import MarsevalError
 from marseval.retrieval.embed import embed_images, embed_texts, read_meta, sample_images
-from marseval.retrieval.models import EmbeddingModel, load_model
+
+if TYPE_CHECKING:  # torch loads only in the jobs that embed: evaluate reads files
+    from marseval.retrieval.models import EmbeddingModel
 
 log = logging.getLogger(__name__)
 PROMPT_TEMPLATES = (
@@ -72,6 +75,8 @@ def build_queries(dataset_dir: Path, model_name: str, out: Path, *, device: str 
         raise MarsevalError(f"{meta['name']}: task {meta['subtask']!r} needs no query stage "
                             "(paired queries are the captions embedded with the images)")
     classes = list(meta["classes"])
+    from marseval.retrieval.models import load_model
+
     model = load_model(model_name, device)
     arrays: dict[str, np.ndarray] = {}
     if model.has_text:
