@@ -5,6 +5,8 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
+UV_VERSION := 0.13.9
+UV := VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/uv
 SNAKEMAKE_ARGS ?=
 
 .PHONY: run test install lock lock-envs lint clean
@@ -13,12 +15,14 @@ install: $(INSTALLED)
 
 $(INSTALLED): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	# uv installs the lock (3 GB of wheels with torch's CUDA libraries) in about a third of
+	# pip's time: parallel downloads and unpacking (benchmarks/README.md, "Install")
+	$(BIN)/python -m pip install --quiet uv==$(UV_VERSION)
 	# --no-deps: the lock is the whole closure. rliable caps arch below 8, but arch 7 does not
 	# import under pandas 3 and rliable works with arch 8, so the lock holds arch 8 and a
 	# resolving install would refuse it (`pip check` names this one conflict, expected)
-	$(BIN)/python -m pip install --quiet --no-deps -r requirements.lock
-	$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(UV) pip install --quiet --no-deps -r requirements.lock
+	$(UV) pip install --quiet --no-deps -e .
 	touch $@
 
 # Re-resolve from pyproject.toml in a fresh temporary venv: writes requirements.lock and the

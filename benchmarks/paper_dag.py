@@ -26,8 +26,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
+from conftest import repo_copy  # noqa: E402
 from record import machine, write_results  # noqa: E402  (benchmarks/ is on sys.path)
-from test_workflow import job_counts, pairs, planned_jobs, repo_copy  # noqa: E402
+from test_workflow import job_counts, pairs, planned_jobs  # noqa: E402
 
 
 def requests(output: str, rules: list[str]) -> dict[str, dict[str, float]]:

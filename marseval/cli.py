@@ -329,11 +329,20 @@ def run(args: argparse.Namespace) -> None:
         print(table.to_string(index=False))
 
 
+def claims_gpu(args: argparse.Namespace) -> bool:
+    """Whether the command is a GPU job that must claim a slot: a GPU command on `auto` or a
+    bare `cuda` (`cuda:N` names its device itself), or `index --use-gpu yes` (both request
+    `gpu=1` from Snakemake, see job_resources)."""
+    if args.command == "index":
+        return args.use_gpu == "yes"
+    return args.command in GPU_COMMANDS and getattr(args, "device", "auto") in ("auto", "cuda")
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
-        if args.command in GPU_COMMANDS and getattr(args, "device", "auto") == "auto":
+        if claims_gpu(args):
             claim_gpu()  # before CUDA starts: concurrent GPU jobs get distinct devices
         run(args)
     except (MarsevalError, RegistryError) as exc:

@@ -1,11 +1,11 @@
 """GPU slots on one machine: concurrently running GPU jobs get distinct devices.
 
 `snakemake --resources gpu=8` caps how many GPU jobs run at once but tells no job which GPU
-to use. Every GPU command (`features`, `tune`, `train`, `embed`, `queries`) therefore claims
-a slot before CUDA starts: it takes an exclusive `flock` on `gpu<id>.lock` in a lock folder
-shared by all jobs of the machine, and exports `CUDA_VISIBLE_DEVICES=<id>`. The lock belongs
-to the process, so it is released when the job ends in any way, SIGKILL included: no stale
-slots, nothing to clean up.
+to use. Every GPU command (`features`, `tune`, `train`, `embed`, `queries` on device `auto` or
+`cuda`, and `index --use-gpu yes`) therefore claims a slot before CUDA starts: it takes an
+exclusive `flock` on `gpu<id>.lock` in a lock folder shared by all jobs of the machine, and
+exports `CUDA_VISIBLE_DEVICES=<id>`. The lock belongs to the process, so it is released when
+the job ends in any way, SIGKILL included: no stale slots, nothing to clean up.
 
 - A device set by a scheduler (SLURM exports CUDA_VISIBLE_DEVICES for `--gpus` jobs) or by
   the user is left alone.

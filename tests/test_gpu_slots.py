@@ -116,3 +116,22 @@ rule job:
     records = _records(out)
     assert len(records) == 5 and {r["device"] for r in records} <= {"0", "1"}
     _assert_distinct_while_overlapping(records)
+
+
+@pytest.mark.parametrize(("argv", "claims"), [
+    (["features", "--device", "auto"], True),
+    (["features", "--device", "cuda"], True),  # a bare `cuda` is any GPU: take a free one
+    (["features", "--device", "cuda:1"], False),  # a named device is left as named
+    (["embed", "--device", "cpu"], False),
+    (["index", "--use-gpu", "yes"], True),  # requests gpu=1 like the other GPU jobs
+    (["index", "--use-gpu", "auto"], False),
+    (["select"], False),
+])
+def test_which_commands_claim_a_gpu_slot(argv: list[str], claims: bool) -> None:
+    from marseval.cli import build_parser, claims_gpu
+
+    required = {"features": ["--dataset-dir", "d", "--model", "m", "--out", "o"],
+                "embed": ["--dataset-dir", "d", "--model", "m", "--shard", "0", "--shards", "1",
+                          "--out", "o"],
+                "index": ["--out", "o", "s"], "select": ["--out", "o", "s"]}
+    assert claims_gpu(build_parser().parse_args([*argv, *required[argv[0]]])) is claims

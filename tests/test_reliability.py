@@ -34,8 +34,9 @@ SEGMENTER = "unet:resnet18"
 def craters(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("craters")
     spec = get_dataset("mb-crater_binary_seg")
-    write_zenodo(generate_benchmark(spec, seed=0, size=64,
-                                    samples={"train": 48, "val": 8, "test": 8}), spec,
+    # 24 images of 32 px: six steps an epoch, enough for a kill between two checkpoints
+    write_zenodo(generate_benchmark(spec, seed=0, size=32,
+                                    samples={"train": 24, "val": 8, "test": 8}), spec,
                  root / "raw")
     standardize(root / "raw", root / "data", spec.name, "synthetic", [1.0], [])
     best = HParams(lr=0.01, weight_decay=0.0, batch_size=4, optimizer="adamw",
@@ -49,7 +50,7 @@ def _train(root: Path, out: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "marseval", "train", "--dataset-dir", str(root / "data"),
          "--model", SEGMENTER, "--best", str(root / "best.json"), "--partition", "default",
-         "--seeds", "5", "--no-pretrained", "--input-size", "64", "--device", "cpu",
+         "--seeds", "5", "--no-pretrained", "--input-size", "32", "--device", "cpu",
          "--out", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True)
 
@@ -70,7 +71,7 @@ def test_a_killed_training_job_resumes_to_the_uninterrupted_record(craters: Path
     deadline = time.monotonic() + 300
     while not checkpoint.exists() and job.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    time.sleep(0.3)  # into the next epoch
+    time.sleep(0.1)  # into the next epoch
     job.send_signal(signal.SIGKILL)
     job.wait(timeout=60)
     assert job.returncode == -signal.SIGKILL, job.stdout.read()

@@ -2,9 +2,10 @@
 
 A representative part of the embedded default, landform and paired retrieval (download,
 standardize, 4 embedding shards and a query job on GPUs, indexes, evaluations, summaries),
-goes through `--profile profiles/slurm` and again through a local run: the results must be
-identical, every GPU rule must have asked SLURM for one GPU, and at most two GPU jobs (the
-node's two GRES GPUs) may have run at once. CI installs slurm-wlm and munge (.ci/run);
+goes through `--profile profiles/slurm`: the results must be identical to those of the local
+run of the whole embedded default (the session's `embedded_default`), every GPU rule must
+have asked SLURM for one GPU, and at most two GPU jobs (the node's two GRES GPUs) may have
+run at once. CI installs slurm-wlm and munge (.ci/run);
 elsewhere the test skips with the reason.
 """
 
@@ -19,8 +20,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "support"))
+from conftest import repo_copy, snakemake  # noqa: E402
 from slurm_cluster import SlurmCluster, missing  # noqa: E402
-from test_workflow import repo_copy, snakemake  # noqa: E402
 
 pytestmark = pytest.mark.cluster
 TARGETS = ["results/retrieval/report/landform", "results/retrieval/report/paired"]
@@ -52,18 +53,18 @@ def _time(value: str) -> datetime:
     return datetime.fromisoformat(value)
 
 
-def test_slurm_profile_matches_a_local_run(cluster: SlurmCluster, tmp_path: Path,
+def test_slurm_profile_matches_a_local_run(cluster: SlurmCluster, embedded_default,
+                                           tmp_path: Path,
                                            workflow_env: dict[str, str]) -> None:
     env = dict(workflow_env, SLURM_CONF=cluster.env["SLURM_CONF"])
-    on_slurm, local = repo_copy(tmp_path / "slurm"), repo_copy(tmp_path / "local")
+    on_slurm = repo_copy(tmp_path / "slurm")
+    local, local_run = embedded_default  # these datasets' outputs do not depend on the others
     result = snakemake([*TARGETS, "--profile", "profiles/slurm", *CONFIG, "--slurm-no-account",
                         "--slurm-status-command", "squeue",
                         "--slurm-init-seconds-before-status-checks", "2",
                         "--default-resources", "slurm_partition=test"], env, cwd=on_slurm,
                        timeout=1500)
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
-    local_run = snakemake([*TARGETS, "--cores", "2", *CONFIG], workflow_env, cwd=local,
-                          timeout=900)
     assert local_run.returncode == 0, local_run.stdout + local_run.stderr
 
     for task in ("landform", "paired"):

@@ -9,33 +9,15 @@ import shutil
 import signal
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, make_workflow_env, tool
+from conftest import REPO, SUPPORT, embedded_args, guarded_env, repo_copy, snakemake, tool
 
-SUPPORT = Path(__file__).parent / "support"
-
-
-# What a user's checkout holds; a copy of it is where workflow tests run, from its root.
-NOT_COPIED = shutil.ignore_patterns(".git", ".venv", ".snakemake", "results", "raw", "hf_cache",
-                                    "ultralytics", "__pycache__", "*.egg-info", ".pytest_cache",
-                                    ".ruff_cache")
-
-
-def repo_copy(dest: Path) -> Path:
-    """A copy of the repository root, as a user's checkout (configs, profiles, Snakefile)."""
-    shutil.copytree(REPO, dest, ignore=NOT_COPIED, dirs_exist_ok=True)
-    return dest
-
-
-def snakemake(args: list[str], env: dict[str, str], cwd: Path = REPO,
-              timeout: int = 600) -> subprocess.CompletedProcess:
-    """`snakemake ARGS` typed in `cwd` (a repository copy): its Snakefile, config/ and
-    profiles/ (profiles/default applies, as for a user)."""
-    return subprocess.run([tool("snakemake"), *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+pytestmark = pytest.mark.workflow  # `pytest -m "not workflow and not cluster"`: the fast loop
 
 
 def job_counts(output: str) -> dict[str, int]:
@@ -193,34 +175,28 @@ def test_unknown_config_key_stops_the_workflow(workflow_env: dict[str, str],
     assert not (checkout / "results/config.yaml").exists()  # nothing recorded for a bad config
 
 
-def embedded_args() -> list[str]:
-    return ["--cores", "2", "--configfile", "config/embedded.yaml"]
-
-
-def guarded_env(workdir: Path) -> dict[str, str]:
-    """The workflow environment with every outgoing connection logged (tests/support)."""
-    env = make_workflow_env()
-    return dict(env, MARSEVAL_NETLOG=str(workdir / "connections.log"),
-                PYTHONPATH=f"{SUPPORT}{os.pathsep}{env['PYTHONPATH']}")
-
-
-@pytest.fixture(scope="module")
-def embedded_default(tmp_path_factory: pytest.TempPathFactory):
-    """One run of the embedded default from scratch in a checkout, shared by the tests that
-    inspect it."""
-    workdir = repo_copy(tmp_path_factory.mktemp("embedded"))
-    # 13 minutes on the 2-core machine (2026-12-02); the limit leaves room for a busy one
-    result = snakemake(embedded_args(), guarded_env(workdir), cwd=workdir, timeout=1800)
-    return workdir, result
-
-
 def result_files(workdir: Path) -> dict[str, bytes]:
-    """Every table and metrics record a run makes (figures, logs and timings aside)."""
+    """Every table, metrics record, run record, feature and embedding array a run makes
+    (figures, logs and timings aside)."""
     results = workdir / "results"
     found = [*results.glob("**/*.csv"), *results.glob("report/*/normalizer.json"),
-             *results.glob("retrieval/eval/*/*/metrics.json")]
-    return {str(p.relative_to(workdir)): p.read_bytes() for p in found
-            if "logs" not in p.parts and p.name != "job_usage.csv"}
+             *results.glob("retrieval/eval/*/*/metrics.json"), *results.glob("tune/*/*/best.json"),
+             *results.glob("features/*/*/*.npy"), *results.glob("retrieval/*/*/*/*.npy"),
+             *results.glob("retrieval/embeddings/*/*/*/*.npy")]
+    files = {str(p.relative_to(workdir)): p.read_bytes() for p in found
+             if "logs" not in p.parts and p.name != "job_usage.csv"}
+    for record in results.glob("runs/*/*/*/seed*.json"):  # a run record less its timings
+        content = json.loads(record.read_text())
+        content.pop("timing")
+        files[str(record.relative_to(workdir))] = json.dumps(content, sort_keys=True).encode()
+    for shard in results.glob("tune/*/*/shard*.parquet"):  # trials less their seconds
+        trials = pd.read_parquet(shard).drop(columns="seconds")
+        files[str(shard.relative_to(workdir))] = trials.to_csv(index=False).encode()
+    for path in results.glob("retrieval/queries/*/*.npz"):
+        with np.load(path) as arrays:
+            files[str(path.relative_to(workdir))] = b"".join(
+                name.encode() + arrays[name].tobytes() for name in sorted(arrays.files))
+    return files
 
 
 def assert_same_results(first: Path, second: Path) -> None:
@@ -236,11 +212,87 @@ def assert_same_results(first: Path, second: Path) -> None:
     assert [name for name in a if a[name] != b[name]] == []
 
 
+# The rerun of the determinism and resume tests: one job of every rule (job_usage aside: its
+# table is timings), each chosen so that nothing its inputs need reruns, on a copy of the
+# embedded default's results. Each target is deleted, then made again by `snakemake TARGETS`.
+RERUN_TARGETS = (
+    "resources/raw/synthetic/mb-frost_cls",  # download
+    "results/data/mb-frost_cls",  # standardize
+    "results/tables/datasets.csv",  # data_summary
+    "results/features/mb-domars16k/timm-resnet10t",  # features
+    "results/tune/mb-change_cls_hirise/timm-resnet10t/shard1.parquet",  # tune
+    "results/tune/mb-change_cls_hirise/timm-resnet10t/best.json",  # select
+    "results/runs/mb-surface_multi_label_cls/timm-resnet10t/fewshot_5",  # train: classification
+    "results/runs/mb-crater_multi_seg/unet-resnet18/fraction_0.25",  # train: segmentation
+    "results/runs/mb-boulder_det/yolo11n/fraction_0.25",  # train: detection
+    "results/tables/detection_runs.csv",  # collect
+    "results/report/detection/aggregate.csv",  # report
+    "results/retrieval/embeddings/mr-landforms/tiny-clip/shard1",  # embed
+    "results/retrieval/index/mr-vl_pairs/tiny-clip",  # index
+    "results/retrieval/queries/mr-geolocalization/tiny-clip.npz",  # queries
+    "results/retrieval/eval/mr-vl_pairs/tiny-clip",  # evaluate
+    "results/retrieval/report/paired",  # retrieval_report
+    "results/tables/config.yaml",  # run_config
+)
+RUN_FOLDERS = [name for name in RERUN_TARGETS if name.startswith("results/runs/")]
+
+
+@dataclass
+class Rerun:
+    """A copy of the embedded default's checkout whose rerun was killed and then resumed."""
+
+    first: Path  # the embedded default's checkout
+    workdir: Path
+    started: float  # time.time() when the rerun began
+    killed_files: list[Path]  # files with their final names at the moment of the kill
+    done_at_kill: dict[str, int]  # targets (not run records) made by then: modification ns
+    resumed: subprocess.CompletedProcess
+    unlocked: subprocess.CompletedProcess
+
+
+@pytest.fixture(scope="module")
+def killed_rerun(embedded_default, tmp_path_factory: pytest.TempPathFactory) -> Rerun:
+    """The embedded default's checkout copied, RERUN_TARGETS deleted, and `snakemake TARGETS`
+    run until the first remade final-run record exists; then Snakemake and its running jobs
+    are killed together (SIGKILL to the process group), unlocked and resumed, as the README
+    says. One rerun serves the determinism and the resume tests (README, Testing)."""
+    first, result = embedded_default
+    assert result.returncode == 0, result.stdout + result.stderr
+    workdir = tmp_path_factory.mktemp("rerun") / "checkout"
+    shutil.copytree(first, workdir, symlinks=True)  # copy2: modification times kept
+    targets = []
+    for name in RERUN_TARGETS:  # a train job's target is its records
+        path = workdir / name
+        targets += ([str(p.relative_to(workdir)) for p in sorted(path.glob("seed*.json"))]
+                    if name in RUN_FOLDERS else [name])
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    args, env = [*targets, *embedded_args()], guarded_env(workdir)
+    started = time.time()
+    run = subprocess.Popen([tool("snakemake"), *args], cwd=workdir, env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)
+    deadline = time.monotonic() + 900
+    while (not any((workdir / name).glob("seed*.json") for name in RUN_FOLDERS)
+           and run.poll() is None and time.monotonic() < deadline):
+        time.sleep(0.2)
+    assert run.poll() is None, "the rerun finished before it could be killed"
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait(timeout=60)
+    killed_files = [p for p in (workdir / "results").rglob("*")
+                    if p.is_file() and not any(part.startswith(".") for part in
+                                               p.relative_to(workdir).parts)]
+    done_at_kill = {name: (workdir / name).stat().st_mtime_ns for name in RERUN_TARGETS
+                    if name not in RUN_FOLDERS and (workdir / name).exists()}
+    # a killed Snakemake cannot remove its lock: --unlock first, as the README says
+    unlocked = snakemake([*args, "--unlock"], env, cwd=workdir)
+    # no --rerun-incomplete: profiles/default sets it for every run
+    resumed = snakemake(args, env, cwd=workdir, timeout=900)
+    return Rerun(first, workdir, started, killed_files, done_at_kill, resumed, unlocked)
+
+
 def test_embedded_default_runs_end_to_end(embedded_default) -> None:
     tmp_path, result = embedded_default
     netlog = tmp_path / "connections.log"
-    env = guarded_env(tmp_path)
-    args = embedded_args()
     assert result.returncode == 0, result.stdout + result.stderr
     assert "summarised per task in results/retrieval/report" in result.stdout + result.stderr
     assert not netlog.exists(), netlog.read_text()
@@ -255,8 +307,6 @@ def test_embedded_default_runs_end_to_end(embedded_default) -> None:
             assert meta["splits"] == samples
             subsets = json.loads((tmp_path / "results/data" / name / "subsets.json").read_text())
             assert len(subsets["fraction:1.00"]) == samples["train"]
-    import pandas as pd
-
     table = pd.read_csv(tmp_path / "results/tables/datasets.csv")
     assert table["dataset"].tolist() == config["datasets"]
     bench = table[table["dataset"].str.startswith("mb-")]
@@ -281,30 +331,6 @@ def test_embedded_default_runs_end_to_end(embedded_default) -> None:
         assert set(dense["metric"]) == {metric}
         assert set(dense["partition name"]) == {"default", "0.25", "0.5"}
         assert dense["test metric"].between(0, 1).all()
-    for task in ("classification", "segmentation", "detection"):
-        folder = tmp_path / "results/report" / task
-        aggregate = pd.read_csv(folder / "aggregate.csv")
-        assert list(aggregate.columns[:4]) == ["model", "iqm", "ci_low", "ci_high"]
-        assert (folder / "figures/raw_violins.png").stat().st_size > 1000
-        assert (folder / "tables/aggregate.tex").is_file()
-        summary = json.loads((folder / "summary.json").read_text())
-        if len(summary["dropped_datasets"]) < len(summary["datasets"]):
-            # some dataset's scores vary: there is something to normalise and aggregate
-            assert len(aggregate) == 1 and aggregate["iqm"].between(0, 1).all()
-            assert (folder / "figures/normalized_violins.png").stat().st_size > 1000
-            assert (folder / "figures/training_size.pdf").stat().st_size > 1000
-    paired = pd.read_csv(tmp_path / "results/retrieval/report/paired/summary.csv")
-    assert paired["model"].tolist() == ["tiny-clip"]
-    assert paired[["i2t_r1", "t2i_r10", "t2i_mrr"]].stack().between(0, 1).all()
-    assert (paired["i2t_medr"] >= 1).all() and paired["n"].item() == 64
-    landform = pd.read_csv(tmp_path / "results/retrieval/report/landform/summary.csv")
-    assert landform[["map", "r_precision", "ndcg10", "hit10"]].stack().between(0, 1).all()
-    geo = pd.read_csv(tmp_path / "results/retrieval/report/geolocalization/summary.csv")
-    assert set(geo["mode"]) == {"text", "image", "hybrid"}
-    assert set(geo["landform"]) == {*get_dataset("mr-geolocalization").classes, "mean"}
-    assert geo[["f1_degrees", "auprc_degrees", "f1_km"]].stack().between(0, 1).all()
-    figures = tmp_path / "results/retrieval/report/geolocalization/figures"
-    assert (figures / "map_tiny-clip_hybrid.png").stat().st_size > 1000
     # every heavy job left a benchmark file, named as its log
     for rule in ("features", "tune", "train", "embed", "index", "queries", "evaluate"):
         logs = {p.relative_to(tmp_path / "results/logs").with_suffix("")
@@ -321,9 +347,55 @@ def test_embedded_default_runs_end_to_end(embedded_default) -> None:
     assert recorded == validated_file(REPO / "config/embedded.yaml")
     assert (tmp_path / "results/tables/config.yaml").read_bytes() == (
         tmp_path / "results/config.yaml").read_bytes()
-    report = snakemake([*args, "--report", "report.html"], env, cwd=tmp_path)
+    # nothing temporary is left behind, and a rerun has nothing to do
+    assert not list((tmp_path / "results/data").glob(".*"))
+    again = snakemake([*embedded_args(), "-n"], guarded_env(tmp_path), cwd=tmp_path)
+    assert "Nothing to be done" in again.stdout + again.stderr
+    if shutil.which("nvidia-smi") is None:  # GPU rules ran on the CPU, and said so
+        log = (tmp_path / "results/logs/embed/mr-landforms/tiny-clip/shard0.log").read_text()
+        assert "no GPU on this machine: this GPU job runs on the CPU" in log
+
+
+def test_embedded_default_reports_every_task(embedded_default) -> None:
+    """The report stages' tables and figures: Mars-Bench per task, MarsRetrieval per task."""
+    tmp_path, result = embedded_default
+    assert result.returncode == 0, result.stdout + result.stderr
+    for task in ("classification", "segmentation", "detection"):
+        folder = tmp_path / "results/report" / task
+        aggregate = pd.read_csv(folder / "aggregate.csv")
+        assert list(aggregate.columns[:4]) == ["model", "iqm", "ci_low", "ci_high"]
+        assert (folder / "figures/raw_violins.png").stat().st_size > 1000
+        assert (folder / "tables/aggregate.tex").is_file()
+        summary = json.loads((folder / "summary.json").read_text())
+        if len(summary["dropped_datasets"]) < len(summary["datasets"]):
+            # some dataset's scores vary: there is something to normalise and aggregate
+            assert len(aggregate) == 1 and aggregate["iqm"].between(0, 1).all()
+            assert (folder / "figures/normalized_violins.png").stat().st_size > 1000
+            assert (folder / "figures/training_size.pdf").stat().st_size > 1000
+    from marseval.registry import get_dataset
+
+    paired = pd.read_csv(tmp_path / "results/retrieval/report/paired/summary.csv")
+    assert paired["model"].tolist() == ["tiny-clip"]
+    assert paired[["i2t_r1", "t2i_r10", "t2i_mrr"]].stack().between(0, 1).all()
+    assert (paired["i2t_medr"] >= 1).all() and paired["n"].item() == 64
+    landform = pd.read_csv(tmp_path / "results/retrieval/report/landform/summary.csv")
+    assert landform[["map", "r_precision", "ndcg10", "hit10"]].stack().between(0, 1).all()
+    geo = pd.read_csv(tmp_path / "results/retrieval/report/geolocalization/summary.csv")
+    assert set(geo["mode"]) == {"text", "image", "hybrid"}
+    assert set(geo["landform"]) == {*get_dataset("mr-geolocalization").classes, "mean"}
+    assert geo[["f1_degrees", "auprc_degrees", "f1_km"]].stack().between(0, 1).all()
+    figures = tmp_path / "results/retrieval/report/geolocalization/figures"
+    assert (figures / "map_tiny-clip_hybrid.png").stat().st_size > 1000
+
+
+def test_embedded_default_html_report(embedded_default, tmp_path: Path) -> None:
+    """`snakemake --report report.html` after the run gathers every stage's outputs."""
+    first, result = embedded_default
+    assert result.returncode == 0, result.stdout + result.stderr
+    page = tmp_path / "report.html"
+    report = snakemake([*embedded_args(), "--report", str(page)], guarded_env(first), cwd=first)
     assert report.returncode == 0, report.stdout + report.stderr
-    html = (tmp_path / "report.html").read_text()
+    html = page.read_text()
     assert "datasets.csv" in html and all(f"{task}_runs.csv" in html for task in
                                           ("classification", "segmentation", "detection"))
     # the report stage's figures and tables are in the page too
@@ -331,22 +403,17 @@ def test_embedded_default_runs_end_to_end(embedded_default) -> None:
     assert "map_tiny-clip_text.png" in html and "per_class_ap.csv" in html
     assert "job_usage.csv" in html and "config.yaml" in html
     assert "Mars-Bench results" in html and "{kind}" not in html
-    # nothing temporary is left behind, and a rerun has nothing to do
-    assert not list((tmp_path / "results/data").glob(".*"))
-    again = snakemake([*args, "-n"], env, cwd=tmp_path)
-    assert "Nothing to be done" in again.stdout + again.stderr
-    if shutil.which("nvidia-smi") is None:  # GPU rules ran on the CPU, and said so
-        log = (tmp_path / "results/logs/embed/mr-landforms/tiny-clip/shard0.log").read_text()
-        assert "no GPU on this machine: this GPU job runs on the CPU" in log
 
 
-def test_embedded_default_is_deterministic(embedded_default, tmp_path: Path) -> None:
-    first, result = embedded_default
-    assert result.returncode == 0, result.stdout + result.stderr
-    checkout = repo_copy(tmp_path)
-    again = snakemake(embedded_args(), guarded_env(tmp_path), cwd=checkout, timeout=1800)
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert_same_results(first, tmp_path)
+def test_embedded_default_is_deterministic(killed_rerun: Rerun) -> None:
+    """One job of every rule, run again (RERUN_TARGETS), reproduces the first run's tables,
+    metrics, run records, trials, features and embeddings byte for byte."""
+    rerun = killed_rerun
+    assert rerun.resumed.returncode == 0, rerun.resumed.stdout + rerun.resumed.stderr
+    stale = [name for name in RERUN_TARGETS
+             if (rerun.workdir / name).stat().st_mtime < rerun.started]
+    assert stale == [], "not made again"
+    assert_same_results(rerun.first, rerun.workdir)
 
 
 def _readable(path: Path) -> None:
@@ -358,39 +425,19 @@ def _readable(path: Path) -> None:
         pd.read_csv(path)
 
 
-def test_a_killed_workflow_completes_with_rerun_incomplete(embedded_default,
-                                                           tmp_path: Path) -> None:
-    first, result = embedded_default
-    assert result.returncode == 0, result.stdout + result.stderr
-    args, env = embedded_args(), guarded_env(tmp_path)
-    repo_copy(tmp_path)
-    # Snakemake and its running jobs are killed together (SIGKILL to the process group) once
-    # the first final-run records exist, with more training and retrieval still running.
-    run = subprocess.Popen([tool("snakemake"), *args],
-                           cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 1500
-    while (not list((tmp_path / "results/runs").glob("*/*/*/seed*.json"))
-           and run.poll() is None and time.monotonic() < deadline):
-        time.sleep(0.5)
-    assert run.poll() is None, "the workflow finished before it could be killed"
-    os.killpg(run.pid, signal.SIGKILL)
-    run.wait(timeout=60)
+def test_a_killed_workflow_completes_with_rerun_incomplete(killed_rerun: Rerun) -> None:
+    rerun = killed_rerun
     # whatever has its final name is complete; unfinished work is hidden *.tmp siblings
-    finished = [p for p in (tmp_path / "results").rglob("*")
-                if p.is_file() and not any(part.startswith(".") for part in
-                                           p.relative_to(tmp_path).parts)]
-    for path in finished:
+    assert rerun.killed_files
+    for path in rerun.killed_files:
         _readable(path)
-
-    # a killed Snakemake cannot remove its lock: --unlock first, as the README says
-    unlocked = snakemake([*args, "--unlock"], env, cwd=tmp_path)
-    assert unlocked.returncode == 0, unlocked.stdout + unlocked.stderr
-    # no --rerun-incomplete: profiles/default sets it for every run
-    resumed = snakemake(args, env, cwd=tmp_path, timeout=1800)
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert_same_results(first, tmp_path)
-    leftovers = [p for p in (tmp_path / "results").rglob("*.tmp")
+    assert rerun.unlocked.returncode == 0, rerun.unlocked.stdout + rerun.unlocked.stderr
+    assert rerun.resumed.returncode == 0, rerun.resumed.stdout + rerun.resumed.stderr
+    # the resumed run kept what was made before the kill, and made only the rest
+    assert rerun.done_at_kill
+    assert {name: (rerun.workdir / name).stat().st_mtime_ns
+            for name in rerun.done_at_kill} == rerun.done_at_kill
+    leftovers = [p for p in (rerun.workdir / "results").rglob("*.tmp")
                  if "logs" not in p.parts]
     assert leftovers == []
 

@@ -19,7 +19,6 @@ from marseval.bench.data import ImageDataset, targets
 from marseval.bench.experiment import Experiment, Setup, Split
 from marseval.bench.features import read_cache
 from marseval.bench.losses import classification_loss, num_outputs
-from marseval.bench.metrics import classification_metrics, primary_metric_name
 from marseval.bench.models import make_heads
 from marseval.bench.training import HParams, LossFn, evaluate, seed_everything
 
@@ -96,6 +95,9 @@ class ClassificationExperiment(Experiment):
         return classification_loss(self.subtask, hp.loss)
 
     def score(self, model: nn.Module, split: Split, batch_size: int = 256) -> dict[str, Any]:
+        # torchmetrics imports transformers and scipy.signal (seconds): only jobs that test
+        from marseval.bench.metrics import classification_metrics, primary_metric_name
+
         outputs, y = evaluate(model, self._step, split.batches(batch_size, shuffle_seed=None))
         metrics = classification_metrics(self.subtask, outputs.cpu(), y.cpu(), self.num_classes)
         # the paper's metric under a task-independent key, for tables and selection

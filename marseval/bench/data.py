@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -19,10 +19,11 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import Dataset
-from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as TF
 
 from marseval.errors import MarsevalError
+
+if TYPE_CHECKING:  # torchvision (with torch._dynamo) loads only in jobs that decode images
+    from torchvision.transforms import v2
 
 SPLITS = ("train", "val", "test")
 _SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}  # Pillow opens 16-bit PNGs as I;16 or I
@@ -120,6 +121,8 @@ def paper_augmentations() -> v2.Compose:
     Flips (p 0.5 each), a 90-degree rotation (p 0.5), colour jitter 0.2/0.2/0.2/0.1 (p 0.3)
     and a 3, 5 or 7 px gaussian blur with OpenCV's sigma for that kernel (p 0.2).
     """
+    from torchvision.transforms import v2
+
     blurs = [v2.GaussianBlur(k, sigma=0.3 * ((k - 1) * 0.5 - 1) + 0.8) for k in (3, 5, 7)]
     return v2.Compose(
         [
@@ -170,6 +173,9 @@ class ImageDataset(Dataset):
         return len(self.ids)
 
     def _resize(self, image: Tensor) -> Tensor:
+        from torchvision.transforms import v2
+        from torchvision.transforms.v2 import functional as TF
+
         size = [self.input_size, self.input_size]
         return TF.resize(
             image, size, interpolation=v2.InterpolationMode.BILINEAR, antialias=True

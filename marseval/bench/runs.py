@@ -10,6 +10,7 @@ from __future__ import annotations
 import platform
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +38,12 @@ def partition_subset(partition: str) -> str:
 
 
 def versions() -> dict[str, str]:
-    import torchmetrics
-    import torchvision
-
     found = {"marseval": __version__, "python": platform.python_version(),
-             "torch": torch.__version__, "torchvision": torchvision.__version__,
-             "torchmetrics": torchmetrics.__version__}
-    # the model libraries this job imported (an import here would cost seconds)
-    for module, key in (("timm", "timm"), ("segmentation_models_pytorch", "smp"),
+             "torch": torch.__version__, "torchvision": metadata.version("torchvision")}
+    # the metric and model libraries this job imported (an import here would cost seconds:
+    # torchmetrics scores classification only)
+    for module, key in (("torchmetrics", "torchmetrics"), ("timm", "timm"),
+                        ("segmentation_models_pytorch", "smp"),
                         ("ultralytics", "ultralytics"), ("pycocotools", "pycocotools")):
         loaded = sys.modules.get(module)
         if loaded is not None and hasattr(loaded, "__version__"):
