@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import filecmp
 import json
+import subprocess
 import sys
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "support"))
-from conftest import repo_copy, snakemake  # noqa: E402
+from conftest import make_workflow_env, repo_copy, snakemake  # noqa: E402
 from slurm_cluster import SlurmCluster, missing  # noqa: E402
 
 pytestmark = pytest.mark.cluster
@@ -33,7 +35,7 @@ THREADS = {"download": 1, "standardize": 1, "embed": 2, "index": 2, "queries": 2
            "evaluate": 2}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory):
     reason = missing()
     if reason is not None:
@@ -53,30 +55,32 @@ def _time(value: str) -> datetime:
     return datetime.fromisoformat(value)
 
 
-def test_slurm_profile_matches_a_local_run(cluster: SlurmCluster, embedded_default,
-                                           tmp_path: Path,
-                                           workflow_env: dict[str, str]) -> None:
-    env = dict(workflow_env, SLURM_CONF=cluster.env["SLURM_CONF"])
-    on_slurm = repo_copy(tmp_path / "slurm")
-    local, local_run = embedded_default  # these datasets' outputs do not depend on the others
+@dataclass
+class SlurmRun:
+    checkout: Path
+    result: subprocess.CompletedProcess
+    jobs: list[dict[str, str]]  # what the controller knows of this checkout's jobs
+
+
+@pytest.fixture(scope="session")
+def slurm_run(cluster: SlurmCluster, tmp_path_factory: pytest.TempPathFactory) -> SlurmRun:
+    """The targets through `--profile profiles/slurm`. Session-scoped: it runs while the
+    embedded default runs in the background (mostly Snakemake polling the cluster), and the
+    comparison with that run comes at the end of the session."""
+    env = dict(make_workflow_env(), SLURM_CONF=cluster.env["SLURM_CONF"])
+    on_slurm = repo_copy(tmp_path_factory.mktemp("slurm-checkout"))
     result = snakemake([*TARGETS, "--profile", "profiles/slurm", *CONFIG, "--slurm-no-account",
                         "--slurm-status-command", "squeue",
                         "--slurm-init-seconds-before-status-checks", "2",
                         "--default-resources", "slurm_partition=test"], env, cwd=on_slurm,
                        timeout=1500)
-    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
-    assert local_run.returncode == 0, local_run.stdout + local_run.stderr
-
-    for task in ("landform", "paired"):
-        folder = Path("results/retrieval/report") / task
-        assert filecmp.cmp(on_slurm / folder / "summary.csv", local / folder / "summary.csv",
-                           shallow=False)
-    for dataset in ("mr-landforms", "mr-vl_pairs"):
-        record = Path("results/retrieval/eval") / dataset / "tiny-clip" / "metrics.json"
-        assert (json.loads((on_slurm / record).read_text())
-                == json.loads((local / record).read_text()))
-
     jobs = [j for j in cluster.jobs() if j.get("WorkDir") == str(on_slurm)]
+    return SlurmRun(on_slurm, result, jobs)
+
+
+def test_slurm_jobs_ask_for_their_resources(slurm_run: SlurmRun) -> None:
+    result, on_slurm, jobs = slurm_run.result, slurm_run.checkout, slurm_run.jobs
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
     rules = [_rule_of(j) for j in jobs]
     # the summaries are local rules: they run in the Snakemake process, not as sbatch jobs
     assert sorted(rules) == sorted(["download"] * 2 + ["standardize"] * 2 + ["embed"] * 4
@@ -96,3 +100,20 @@ def test_slurm_profile_matches_a_local_run(cluster: SlurmCluster, embedded_defau
     # each GPU job ran on the device SLURM gave it, which the slot allocator left alone
     for log in (on_slurm / "results/logs/embed").rglob("*.log"):
         assert "was set by the scheduler or user: left alone" in log.read_text()
+
+
+def test_slurm_results_match_the_local_run(slurm_run: SlurmRun, embedded_default) -> None:
+    """The same tables and metrics as the local run of the whole embedded default: these
+    datasets' outputs do not depend on the other datasets."""
+    on_slurm = slurm_run.checkout
+    assert slurm_run.result.returncode == 0, slurm_run.result.stderr[-5000:]
+    local, local_run = embedded_default
+    assert local_run.returncode == 0, local_run.stdout + local_run.stderr
+    for task in ("landform", "paired"):
+        folder = Path("results/retrieval/report") / task
+        assert filecmp.cmp(on_slurm / folder / "summary.csv", local / folder / "summary.csv",
+                           shallow=False)
+    for dataset in ("mr-landforms", "mr-vl_pairs"):
+        record = Path("results/retrieval/eval") / dataset / "tiny-clip" / "metrics.json"
+        assert (json.loads((on_slurm / record).read_text())
+                == json.loads((local / record).read_text()))

@@ -216,15 +216,15 @@ def assert_same_results(first: Path, second: Path) -> None:
 # table is timings), each chosen so that nothing its inputs need reruns, on a copy of the
 # embedded default's results. Each target is deleted, then made again by `snakemake TARGETS`.
 RERUN_TARGETS = (
-    "resources/raw/synthetic/mb-frost_cls",  # download
-    "results/data/mb-frost_cls",  # standardize
+    "resources/raw/synthetic/mb-domars16k",  # download
+    "results/data/mb-domars16k",  # standardize
     "results/tables/datasets.csv",  # data_summary
-    "results/features/mb-domars16k/timm-resnet10t",  # features
-    "results/tune/mb-change_cls_hirise/timm-resnet10t/shard1.parquet",  # tune
+    "results/features/mb-domars16k/timm-resnet10t",  # features (of the dataset made again)
+    "results/tune/mb-change_cls_hirise/timm-resnet10t/shard0.parquet",  # tune
     "results/tune/mb-change_cls_hirise/timm-resnet10t/best.json",  # select
     "results/runs/mb-surface_multi_label_cls/timm-resnet10t/fewshot_5",  # train: classification
-    "results/runs/mb-crater_multi_seg/unet-resnet18/fraction_0.25",  # train: segmentation
-    "results/runs/mb-boulder_det/yolo11n/fraction_0.25",  # train: detection
+    "results/runs/mb-crater_multi_seg/unet-resnet18/fraction_0.50",  # train: segmentation
+    "results/runs/mb-boulder_det/yolo11n/fraction_0.50",  # train: detection
     "results/tables/detection_runs.csv",  # collect
     "results/report/detection/aggregate.csv",  # report
     "results/retrieval/embeddings/mr-landforms/tiny-clip/shard1",  # embed
@@ -253,7 +253,8 @@ class Rerun:
 @pytest.fixture(scope="module")
 def killed_rerun(embedded_default, tmp_path_factory: pytest.TempPathFactory) -> Rerun:
     """The embedded default's checkout copied, RERUN_TARGETS deleted, and `snakemake TARGETS`
-    run until the first remade final-run record exists; then Snakemake and its running jobs
+    run until a remade final-run record and another remade target exist; then Snakemake and
+    its running jobs
     are killed together (SIGKILL to the process group), unlocked and resumed, as the README
     says. One rerun serves the determinism and the resume tests (README, Testing)."""
     first, result = embedded_default
@@ -272,8 +273,15 @@ def killed_rerun(embedded_default, tmp_path_factory: pytest.TempPathFactory) -> 
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            start_new_session=True)
     deadline = time.monotonic() + 900
-    while (not any((workdir / name).glob("seed*.json") for name in RUN_FOLDERS)
-           and run.poll() is None and time.monotonic() < deadline):
+
+    def made_again(names: list[str]) -> bool:
+        return any((workdir / name).glob("seed*.json") if name in RUN_FOLDERS
+                   else (workdir / name).exists() for name in names)
+
+    others = [name for name in RERUN_TARGETS if name not in RUN_FOLDERS]
+    # killed once a final-run record and some other target are made again, work remaining
+    while (not (made_again(RUN_FOLDERS) and made_again(others)) and run.poll() is None
+           and time.monotonic() < deadline):
         time.sleep(0.2)
     assert run.poll() is None, "the rerun finished before it could be killed"
     os.killpg(run.pid, signal.SIGKILL)
@@ -322,14 +330,14 @@ def test_embedded_default_runs_end_to_end(embedded_default) -> None:
                       if get_dataset(d).task == "classification"]
     partitions = 1 + len(bench["partitions"]) + len(bench["fewshot"])
     assert len(runs) == len(classification) * partitions * len(bench["seeds"])
-    assert set(runs["partition name"]) == {"default", "0.25", "0.5", "few_shot"}
+    assert set(runs["partition name"]) == {"default", "0.5", "few_shot"}
     assert runs["test metric"].between(0, 1).all()
     for task, metric in (("segmentation", "iou"), ("detection", "map")):
         dense = pd.read_csv(tmp_path / f"results/tables/{task}_runs.csv")
         names = [d for d in config["datasets"] if get_dataset(d).task == task]
         assert len(dense) == len(names) * (1 + len(bench["partitions"])) * len(bench["seeds"])
         assert set(dense["metric"]) == {metric}
-        assert set(dense["partition name"]) == {"default", "0.25", "0.5"}
+        assert set(dense["partition name"]) == {"default", "0.5"}
         assert dense["test metric"].between(0, 1).all()
     # every heavy job left a benchmark file, named as its log
     for rule in ("features", "tune", "train", "embed", "index", "queries", "evaluate"):
