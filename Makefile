@@ -16,7 +16,7 @@ install: $(INSTALLED)
 $(INSTALLED): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	# uv installs the lock (3 GB of wheels with torch's CUDA libraries) in about a third of
-	# pip's time: parallel downloads and unpacking (benchmarks/README.md, "Install")
+	# pip's time: parallel downloads and unpacking (benchmarks/README.md, "Test suite")
 	$(BIN)/python -m pip install --quiet uv==$(UV_VERSION)
 	# --no-deps: the lock is the whole closure. rliable caps arch below 8, but arch 7 does not
 	# import under pandas 3 and rliable works with arch 8, so the lock holds arch 8 and a

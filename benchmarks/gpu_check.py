@@ -539,7 +539,9 @@ def faiss_gpu_missing(device: str) -> str | None:
                 "GPU index to build; install the GPU build of faiss to check it")
     if device != "cuda":
         return "a CPU run: FAISS on the GPU is checked in CUDA runs"
-    if faiss.get_num_gpus() == 0:
+    from marseval.retrieval.index import gpu_available  # what `index --use-gpu` goes by
+
+    if not gpu_available():
         return "the GPU build of faiss sees no GPU (faiss.get_num_gpus() is 0)"
     return None
 

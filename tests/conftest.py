@@ -106,8 +106,14 @@ class BackgroundRun:
 
     def kill(self) -> None:
         if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)  # Snakemake and its running jobs
-            self.process.wait(timeout=60)
+            kill_process_group(self.process)
+
+
+def kill_process_group(process: subprocess.Popen) -> None:
+    """SIGKILL to a process started with `start_new_session=True` and everything it started
+    (Snakemake and its running jobs), then reap it."""
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=60)
 
 
 def uses_embedded_default(item: pytest.Item) -> bool:

@@ -6,7 +6,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -15,7 +14,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, SUPPORT, embedded_args, guarded_env, repo_copy, snakemake, tool
+from conftest import (
+    REPO,
+    SUPPORT,
+    embedded_args,
+    guarded_env,
+    kill_process_group,
+    repo_copy,
+    snakemake,
+    tool,
+)
 
 pytestmark = pytest.mark.workflow  # `pytest -m "not workflow and not cluster"`: the fast loop
 
@@ -254,9 +262,9 @@ class Rerun:
 def killed_rerun(embedded_default, tmp_path_factory: pytest.TempPathFactory) -> Rerun:
     """The embedded default's checkout copied, RERUN_TARGETS deleted, and `snakemake TARGETS`
     run until a remade final-run record and another remade target exist; then Snakemake and
-    its running jobs
-    are killed together (SIGKILL to the process group), unlocked and resumed, as the README
-    says. One rerun serves the determinism and the resume tests (README, Testing)."""
+    its running jobs are killed together (SIGKILL to the process group), unlocked and resumed,
+    as the README says. One rerun serves the determinism and the resume tests (README,
+    Testing)."""
     first, result = embedded_default
     assert result.returncode == 0, result.stdout + result.stderr
     workdir = tmp_path_factory.mktemp("rerun") / "checkout"
@@ -275,22 +283,24 @@ def killed_rerun(embedded_default, tmp_path_factory: pytest.TempPathFactory) -> 
     deadline = time.monotonic() + 900
 
     def made_again(names: list[str]) -> bool:
-        return any((workdir / name).glob("seed*.json") if name in RUN_FOLDERS
+        return any(any((workdir / name).glob("seed*.json")) if name in RUN_FOLDERS
                    else (workdir / name).exists() for name in names)
 
-    others = [name for name in RERUN_TARGETS if name not in RUN_FOLDERS]
+    # a download writes its folder in place (resumable; Snakemake's incomplete marker says
+    # whether it finished), so its existence does not mean it is done: the others are atomic
+    others = [name for name in RERUN_TARGETS
+              if name not in RUN_FOLDERS and not name.startswith("resources/raw/")]
     # killed once a final-run record and some other target are made again, work remaining
     while (not (made_again(RUN_FOLDERS) and made_again(others)) and run.poll() is None
            and time.monotonic() < deadline):
         time.sleep(0.2)
     assert run.poll() is None, "the rerun finished before it could be killed"
-    os.killpg(run.pid, signal.SIGKILL)
-    run.wait(timeout=60)
+    kill_process_group(run)
     killed_files = [p for p in (workdir / "results").rglob("*")
                     if p.is_file() and not any(part.startswith(".") for part in
                                                p.relative_to(workdir).parts)]
-    done_at_kill = {name: (workdir / name).stat().st_mtime_ns for name in RERUN_TARGETS
-                    if name not in RUN_FOLDERS and (workdir / name).exists()}
+    done_at_kill = {name: (workdir / name).stat().st_mtime_ns for name in others
+                    if (workdir / name).exists()}
     # a killed Snakemake cannot remove its lock: --unlock first, as the README says
     unlocked = snakemake([*args, "--unlock"], env, cwd=workdir)
     # no --rerun-incomplete: profiles/default sets it for every run

@@ -44,5 +44,3 @@ def select_best(shards: list[Path], out: Path) -> dict[str, Any]:
 def _plain(value: Any) -> Any:
     """numpy scalars to JSON-able Python values."""
     return value.item() if hasattr(value, "item") else value
-
-

@@ -113,9 +113,9 @@ def embed_shard(dataset_dir: Path, model_name: str, shard: int, shards: int, out
     meta = read_meta(dataset_dir)
     table = database(dataset_dir, meta, tiles)
     rows = table.iloc[list(shard_rows(len(table), shard, shards))]
-    started = time.perf_counter()
-    from marseval.retrieval.models import load_model
+    from marseval.retrieval.models import load_model  # torch: outside the timed embedding
 
+    started = time.perf_counter()
     model = load_model(model_name, device)
     extra: dict[str, np.ndarray] = {}
     if meta["subtask"] == "geolocalization":
