@@ -21,7 +21,11 @@ $(INSTALLED): pyproject.toml requirements.lock
 	# --no-deps: the lock is the whole closure. rliable caps arch below 8, but arch 7 does not
 	# import under pandas 3 and rliable works with arch 8, so the lock holds arch 8 and a
 	# resolving install would refuse it (`pip check` names this one conflict, expected)
-	$(UV) pip install --quiet --no-deps -r requirements.lock
+	# --compile-bytecode: uv writes no .pyc by default, and where PYTHONDONTWRITEBYTECODE is set
+	# (this CI) no import writes them either, so every job would compile torch's sources again:
+	# `import torch, torchmetrics, timm` takes 21 s of CPU without them, 9 s with them, for 12 s
+	# more install (benchmarks/README.md, "Test suite")
+	$(UV) pip install --quiet --no-deps --compile-bytecode -r requirements.lock
 	$(UV) pip install --quiet --no-deps -e .
 	touch $@
 
