@@ -2,8 +2,9 @@
 
 `python benchmarks/test_suite.py` clones this repository's HEAD into a temporary folder, times
 `make install` (uv, the lock) and then `bash .ci/run` (apt packages for the SLURM test where
-needed, then `make test` with `--durations=30`), and writes `results/test_suite.json`: both
-times, their sum, pytest's counts and the slowest tests. `--log FILE --install-s S --total-s S`
+needed, then `make test` with `--durations=30 --cpu-durations=30`), and writes
+`results/test_suite.json`: both times, their sum, pytest's counts, the slowest tests and the
+tests that used the most CPU. `--log FILE --install-s S --total-s S`
 records a run made by hand instead (the log of `bash .ci/run`).
 
 The target (README, Testing): the whole `bash .ci/run` under 20 minutes on the 2-core machine.
@@ -24,11 +25,15 @@ from typing import Any
 from record import REPO, machine, write_results
 
 DURATION = re.compile(r"^([\d.]+)s (call|setup|teardown)\s+(\S+)$", re.M)
+CPU_LINE = re.compile(r"^\s*([\d.]+) s CPU\s+([\d.]+) s wall  (\S+)$", re.M)
+CPU_SESSION = re.compile(r"^session: (\d+) s CPU in (\d+) s wall on (\d+) cores$", re.M)
+PYTEST_ARGS = "--durations=30 --cpu-durations=30"
 SUMMARY = re.compile(r"^=+ (.*) in ([\d.]+)s(?: \(.*\))? =+$", re.M)
 
 
 def parse_log(text: str) -> dict[str, Any]:
-    """pytest's final counts and wall time, and the slowest phases it listed."""
+    """pytest's final counts and wall time, the slowest phases it listed and the tests that
+    used the most CPU (tests/support/cpu_accounting.py)."""
     summary = SUMMARY.findall(text)
     if not summary:
         raise SystemExit("no pytest summary line in the log: did the run finish?")
@@ -36,14 +41,20 @@ def parse_log(text: str) -> dict[str, Any]:
     counts = {word: int(number) for number, word in re.findall(r"(\d+) (\w+)", counts_text)}
     slowest = [{"seconds": float(s), "phase": phase, "test": name}
                for s, phase, name in DURATION.findall(text)]
-    return {"pytest_seconds": float(seconds), "counts": counts, "slowest": slowest}
+    most_cpu = [{"cpu_seconds": float(cpu), "wall_seconds": float(wall), "test": name}
+                for cpu, wall, name in CPU_LINE.findall(text)]
+    session = CPU_SESSION.findall(text)
+    cpu = ({"cpu_seconds": int(session[-1][0]), "wall_seconds": int(session[-1][1]),
+            "cores": int(session[-1][2])} if session else None)
+    return {"pytest_seconds": float(seconds), "counts": counts, "slowest": slowest,
+            "session_cpu": cpu, "most_cpu": most_cpu}
 
 
 def timed(command: list[str], cwd: Path, log: Path) -> float:
     started = time.perf_counter()
     with log.open("a") as out:
         code = subprocess.run(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                              env={**os.environ, "PYTEST_ARGS": "--durations=30"}).returncode
+                              env={**os.environ, "PYTEST_ARGS": PYTEST_ARGS}).returncode
     if code != 0:
         raise SystemExit(f"{' '.join(command)} failed (exit {code}); log: {log}")
     return time.perf_counter() - started

@@ -21,7 +21,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SUPPORT = Path(__file__).parent / "support"
-pytest_plugins = ["support.cpu_accounting"]  # --cpu-durations, --cpu-json
+pytest_plugins = ["support.cpu_accounting", "pytester"]  # --cpu-durations, --cpu-json
 
 # One intra-op thread for torch in the test process and the jobs it starts (Snakemake sets each
 # workflow job's own): the embedded default runs in the background on the same cores, and
