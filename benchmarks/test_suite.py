@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -55,8 +56,10 @@ def timed(command: list[str], cwd: Path, log: Path) -> float:
     with log.open("a") as out:
         code = subprocess.run(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
                               env={**os.environ, "PYTEST_ARGS": PYTEST_ARGS}).returncode
-    if code != 0:
-        raise SystemExit(f"{' '.join(command)} failed (exit {code}); log: {log}")
+    if code != 0:  # the clone is temporary: keep its log
+        kept = Path(tempfile.gettempdir()) / "marseval-test-suite-failed.log"
+        shutil.copyfile(log, kept)
+        raise SystemExit(f"{' '.join(command)} failed (exit {code}); log: {kept}")
     return time.perf_counter() - started
 
 
