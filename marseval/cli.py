@@ -90,10 +90,16 @@ def _setup_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-pretrained", dest="pretrained", action="store_false")
     parser.add_argument("--training-type", default="feature_extraction",
                         choices=["feature_extraction", "transfer_learning", "scratch"])
-    parser.add_argument("--augment", action="store_true")
+    parser.add_argument("--protocol", default="marsbench", choices=["marsbench", "probe"],
+                        help="marsbench: the reference code's training (frozen backbone in "
+                             "train mode, augmentation, last epoch tested); probe: eval-mode "
+                             "frozen backbone, feature cache, best epoch (docs/fidelity.md)")
+    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                        help="online augmentation (default: the protocol's)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--selection", default="best", choices=["best", "last"],
-                        help="test the best-validation checkpoint (paper) or the last epoch")
+    parser.add_argument("--selection", default=None, choices=["best", "last"],
+                        help="test the best-validation or the last epoch's weights (default: "
+                             "the protocol's)")
     parser.add_argument("--head", default="linear", choices=["linear", "batchnorm_linear"])
     parser.add_argument("--num-workers", type=int, default=0,
                         help="image-decoding processes when training online")
@@ -239,10 +245,14 @@ RETRIEVAL_COMMANDS = {"embed", "index", "queries", "evaluate", "retrieval-report
 
 def _setup(args: argparse.Namespace):
     from marseval.bench.experiment import Setup
+    from marseval.bench.protocol import get_protocol, resolved
 
+    augment, selection = resolved(get_protocol(args.protocol), augment=args.augment,
+                                  selection=args.selection)
     return Setup(dataset_dir=args.dataset_dir, model=args.model, features_dir=args.features,
                  pretrained=args.pretrained, training_type=args.training_type,
-                 augment=args.augment, device=args.device, selection=args.selection,
+                 augment=augment, device=args.device, selection=selection,
+                 protocol=args.protocol,
                  head=args.head, num_workers=args.num_workers, input_size=args.input_size,
                  score_resolution=args.score_resolution, drop_empty=args.drop_empty)
 

@@ -35,6 +35,45 @@ class ConfigError(ValueError):
 def check_config(config: dict[str, Any]) -> None:
     _check_datasets(config)
     _check_models(config)
+    _check_protocol(config)
+
+
+def _check_protocol(config: dict[str, Any]) -> None:
+    """Options of the probe protocol asked for in the reference one stop the run at start."""
+    bench = config["bench"]
+    protocol = bench_protocol(config)
+    if bench["feature_cache"] and not protocol.feature_cache:
+        raise ConfigError(f"config key bench.feature_cache: the {protocol.name!r} protocol trains "
+                          "its frozen backbone in train mode with augmentation, so features "
+                          "cannot be cached; use bench.protocol: probe, or leave it unset")
+    if bench["feature_cache"] and bench_augment(config):
+        raise ConfigError("config key bench.feature_cache: augmented images change every epoch, "
+                          "so their features cannot be cached; set bench.augment: false")
+    if protocol.name == "marsbench" and bench["head"] != "linear":
+        raise ConfigError(f"config key bench.head: {bench['head']!r} is a probe-protocol head; "
+                          "the Mars-Bench reference trains a linear head (bench.protocol: probe "
+                          "allows it)")
+
+
+def bench_protocol(config: dict[str, Any]):
+    """The `bench.protocol` in force (marseval.bench.protocol.Protocol)."""
+    from marseval.bench.protocol import get_protocol
+
+    return get_protocol(config["bench"]["protocol"])
+
+
+def bench_augment(config: dict[str, Any]) -> bool:
+    """`bench.augment`, or the protocol's where unset."""
+    from marseval.bench.protocol import resolved
+
+    return resolved(bench_protocol(config), augment=config["bench"]["augment"])[0]
+
+
+def bench_selection(config: dict[str, Any]) -> str:
+    """`bench.selection`, or the protocol's where unset."""
+    from marseval.bench.protocol import resolved
+
+    return resolved(bench_protocol(config), selection=config["bench"]["selection"])[1]
 
 
 def _check_models(config: dict[str, Any]) -> None:
@@ -122,13 +161,15 @@ def task_of(dataset: str) -> str:
 
 
 def uses_feature_cache(config: dict[str, Any], task: str = "classification") -> bool:
-    """A frozen backbone without augmentation sees each image once: cache its features.
+    """A frozen eval-mode backbone without augmentation sees each image once: cache its
+    features, where the protocol allows it (probe) and `bench.feature_cache` is not false.
 
     Classification only: a segmentation decoder reads multi-scale encoder maps, too large to
     cache, and detectors train parts of their trunk-adjacent necks."""
     bench = config["bench"]
     return (task == "classification" and bench["training_type"] == "feature_extraction"
-            and not bench["augment"])
+            and bench_protocol(config).feature_cache and bench["feature_cache"] is not False
+            and not bench_augment(config))
 
 
 def task_grid(config: dict[str, Any], task: str) -> dict[str, Any]:
@@ -192,8 +233,9 @@ def run_records(config: dict[str, Any], task: str) -> list[str]:
 def setup_flags(config: dict[str, Any], task: str) -> str:
     """The command-line flags of marseval.bench.experiment.Setup shared by tune and train."""
     bench = config["bench"]
-    flags = [f"--training-type {bench['training_type']}", f"--device {bench['device']}",
-             f"--selection {bench['selection']}", f"--num-workers {bench['num_workers']}"]
+    flags = [f"--protocol {bench['protocol']}", f"--training-type {bench['training_type']}",
+             f"--device {bench['device']}", f"--selection {bench_selection(config)}",
+             f"--num-workers {bench['num_workers']}"]
     if task == "classification":
         flags.append(f"--head {bench['head']}")
     else:
@@ -206,8 +248,7 @@ def setup_flags(config: dict[str, Any], task: str) -> str:
         flags.append("--drop-empty")
     if not bench["pretrained"]:
         flags.append("--no-pretrained")
-    if bench["augment"]:
-        flags.append("--augment")
+    flags.append("--augment" if bench_augment(config) else "--no-augment")
     if config["offline"]:
         flags.append("--offline")
     return " ".join(flags)

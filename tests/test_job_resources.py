@@ -65,7 +65,7 @@ def test_tune_shard_of_a_detector() -> None:
 def test_final_run_on_the_feature_cache() -> None:
     config = validated({"datasets": ["mb-domars16k"], "source": "huggingface",
                         "bench": {"models": {"classification": ["resnet101"]},
-                                  "grid": {"max_epochs": [50]}},
+                                  "grid": {"max_epochs": [50]}, "protocol": "probe"},
                         "job_resources": {"gpu_tflops": 1}})
     sizer = JobSizer(config)
     wildcards = {"dataset": "mb-domars16k", "model": "resnet101", "partition": "fewshot_5",

@@ -76,8 +76,10 @@ def validated_file(path: Path) -> dict:
 # Then the config copy and the job usage table for the report, and `all`.
 CLASSIFICATION_PAIRS, DENSE_PAIRS = 9 * 5, 8 * 4 + 3 * 4
 PAIRS = CLASSIFICATION_PAIRS + DENSE_PAIRS
+# The paper trains in the reference protocol (bench.protocol: marsbench): its frozen backbones
+# run in train mode on augmented images, so no feature cache is planned.
 PAPER_JOBS = {"download": 23, "standardize": 23, "data_summary": 1,
-              "features": CLASSIFICATION_PAIRS, "tune": PAIRS * 8, "select": PAIRS,
+              "tune": PAIRS * 8, "select": PAIRS,
               "train": CLASSIFICATION_PAIRS * 7 * 14 + DENSE_PAIRS * 7 * 8, "collect": 3,
               "report": 3, "embed": 7 * 3 * 8, "index": 7 * 3, "queries": 7 * 2,
               "evaluate": 7 * 3, "retrieval_report": 3, "run_config": 1, "job_usage": 1,
@@ -140,6 +142,9 @@ def test_the_paper_is_what_users_type_plans(tmp_path: Path, workflow_env: dict[s
             "none", "cosine", "plateau", "step"]
         assert "--input-size" not in command
         assert flag is None or flag in command
+        # the reference protocol: online through the train-mode backbone, last epoch tested
+        assert "--protocol marsbench" in command and "--features" not in command
+        assert "--selection last" in command and "--augment" in command.split()
         # the job asks for what marseval.job_resources computes for it (first attempt)
         resources = pairs(job["resources"])
         wildcards = pairs(job["wildcards"])
@@ -171,6 +176,7 @@ def test_a_users_config_inherits_nothing(tmp_path: Path, workflow_env: dict[str,
     assert recorded["bench"]["pretrained"] is True
     command = planned_jobs(output, "tune")[0]["command"]
     assert "--head linear" in command and '"max_epochs": [50]' in command
+    assert "--protocol marsbench" in command  # the schema's default protocol
 
 
 def test_unknown_config_key_stops_the_workflow(workflow_env: dict[str, str],

@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from marseval.bench.data import load_samples, split_frame
+from marseval.bench.protocol import Protocol, get_protocol
 from marseval.bench.training import FitResult, HParams, LossFn, fit
 from marseval.errors import MarsevalError
 
@@ -43,6 +44,19 @@ class Setup:
     input_size: int | None = None  # segmentation/detection: None keeps the model's default
     score_resolution: str = "input"  # segmentation: score at the model input size or native
     drop_empty: bool = False  # detection: drop images without boxes (the reference code does)
+    protocol: str = "probe"  # marseval.bench.protocol: frozen-backbone mode, schedule constants
+
+    def __post_init__(self) -> None:
+        protocol = get_protocol(self.protocol)
+        if self.features_dir is not None and not protocol.feature_cache:
+            raise MarsevalError(
+                f"a feature cache ({self.features_dir}) cannot be used in the {protocol.name!r} "
+                "protocol: its frozen backbone trains in train mode with augmentation, so "
+                "features change every pass (bench.protocol: probe caches them)")
+
+    @property
+    def rules(self) -> Protocol:
+        return get_protocol(self.protocol)
 
 
 def resolve_device(requested: str) -> str:
@@ -149,7 +163,8 @@ class Experiment(ABC):
             lambda epoch: train.batches(hp.batch_size, shuffle_seed=seed * 100_003 + epoch),
             lambda: val.batches(hp.batch_size, shuffle_seed=None),
             self.loss_fn(hp), hp,
-            checkpoint=checkpoint, selection=self.setup.selection, progress=progress)
+            checkpoint=checkpoint, selection=self.setup.selection, progress=progress,
+            frozen=self.setup.rules.frozen_backbone, schedules=self.setup.rules.schedules)
         model.load_state_dict(result.best_state, strict=False)
         return model, result
 

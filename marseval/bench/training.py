@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from marseval.atomic import atomic_writer
 from marseval.bench.losses import ALL_LOSSES
+from marseval.bench.protocol import FROZEN_MODES, PROBE, Schedules
 from marseval.errors import MarsevalError
 
 log = logging.getLogger(__name__)
@@ -43,9 +44,7 @@ SELECTIONS = ("best", "last")
 
 SGD_MOMENTUM = 0.9
 AUX_LOSS_WEIGHT = 0.4  # InceptionV3 auxiliary logits, as in the paper's code
-PLATEAU_FACTOR = 0.1  # ours: ReduceLROnPlateau's default factor
-STEP_GAMMA = 0.1  # ours: StepLR decays 10x ...
-STEP_DIVISIONS = 3  # ours: ... every max_epochs // 3 epochs (at least 1)
+STEP_DIVISIONS = 3  # probe protocol: StepLR every max_epochs // 3 epochs (at least 1)
 
 _CHECKPOINT_VERSION = 1
 
@@ -130,25 +129,31 @@ def make_optimizer(params: Iterable[nn.Parameter], hp: HParams) -> torch.optim.O
     raise MarsevalError(f"unknown optimizer {hp.optimizer!r}; expected one of {OPTIMIZERS}")
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, hp: HParams) -> Any | None:
+def make_scheduler(optimizer: torch.optim.Optimizer, hp: HParams,
+                   schedules: Schedules = PROBE.schedules) -> Any | None:
     """The per-epoch learning-rate schedule, or None for a constant rate.
 
-    cosine: CosineAnnealingLR(T_max=max_epochs) down to 0; plateau: ReduceLROnPlateau on the
-    validation loss, factor 0.1, patience max(1, patience // 2) so it can act before early
-    stopping does; step: StepLR every max(1, max_epochs // 3) epochs, gamma 0.1.
+    cosine: CosineAnnealingLR(T_max, eta_min); plateau: ReduceLROnPlateau on the validation
+    loss; step: StepLR. The constants come from the protocol (`protocol.Schedules`): the
+    reference's fixed ones (T_max 100, eta_min 1e-6; step 10, gamma 0.1; patience 5, factor
+    0.1), or the probe's scaled to the trial (T_max = max_epochs down to 0; step every
+    max(1, max_epochs // 3); plateau patience max(1, patience // 2), before early stopping).
     """
     if hp.lr_schedule == "none":
         return None
     if hp.lr_schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=hp.max_epochs)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=schedules.cosine_t_max or hp.max_epochs,
+            eta_min=schedules.cosine_eta_min)
     if hp.lr_schedule == "plateau":
+        patience = schedules.plateau_patience
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=PLATEAU_FACTOR, patience=max(1, hp.patience // 2)
-        )
+            optimizer, mode="min", factor=schedules.plateau_factor,
+            patience=max(1, hp.patience // 2) if patience is None else patience)
     if hp.lr_schedule == "step":
         return torch.optim.lr_scheduler.StepLR(
-            optimizer, step_size=max(1, hp.max_epochs // STEP_DIVISIONS), gamma=STEP_GAMMA
-        )
+            optimizer, step_size=schedules.step_size or max(1, hp.max_epochs // STEP_DIVISIONS),
+            gamma=schedules.step_gamma)
     raise MarsevalError(f"unknown lr_schedule {hp.lr_schedule!r}; expected one of {SCHEDULES}")
 
 
@@ -177,9 +182,18 @@ def load_trainable_state(model: nn.Module, state: Mapping[str, Tensor]) -> None:
         )
 
 
-def train_mode(model: nn.Module) -> None:
-    """model.train(), but fully frozen submodules (a feature-extraction backbone) stay in eval
-    mode: their BatchNorm statistics must not drift and their dropout must stay off."""
+def train_mode(model: nn.Module, frozen: str = "eval") -> None:
+    """model.train(). frozen="eval" (probe protocol): fully frozen submodules (a
+    feature-extraction backbone) stay in eval mode, so their BatchNorm statistics do not drift
+    and their dropout stays off. frozen="train" (Mars-Bench reference): every module trains,
+    whatever a model's own `train()` override keeps in eval (smp's frozen encoder, detectors'
+    frozen parts): freezing is `requires_grad=False` and nothing else, as in the reference."""
+    if frozen not in FROZEN_MODES:
+        raise MarsevalError(f"frozen backbone mode must be one of {FROZEN_MODES}, got {frozen!r}")
+    if frozen == "train":
+        for module in model.modules():
+            module.training = True
+        return
     model.train()
 
     def visit(module: nn.Module) -> None:
@@ -259,9 +273,10 @@ def _train_epoch(
     loss_fn: LossFn,
     optimizer: torch.optim.Optimizer,
     epoch: int,
+    frozen: str = "eval",
 ) -> float:
     """One pass over the training batches; the sample-weighted mean training loss."""
-    train_mode(model)
+    train_mode(model, frozen)
     total, count = None, 0
     for batch in batches:
         outputs, targets = step(model, batch)
@@ -465,6 +480,8 @@ def fit(
     selection: str = "best",
     progress: str | None = None,
     min_delta: float = 0.01,
+    frozen: str = "eval",
+    schedules: Schedules = PROBE.schedules,
 ) -> FitResult:
     """Train the parameters of `model` that require gradients; early stopping on validation loss.
 
@@ -479,23 +496,25 @@ def fit(
     With `checkpoint`, the state is written after every epoch and a later call with the same
     path, hyperparameters and settings resumes from it (an unreadable or mismatched one is
     deleted with a warning). The file is kept; the caller removes it once its result is stored.
-    `progress` labels a per-epoch tqdm bar on stderr.
+    `progress` labels a per-epoch tqdm bar on stderr. `frozen` and `schedules` come from the
+    protocol (`train_mode`, `make_scheduler`).
     """
     if selection not in SELECTIONS:
         raise MarsevalError(f"selection must be one of {SELECTIONS}, got {selection!r}")
     if not min_delta >= 0:
         raise MarsevalError(f"min_delta must be >= 0, got {min_delta}")
     started = time.perf_counter()
-    settings = {"hparams": asdict(hp), "selection": selection, "min_delta": float(min_delta)}
+    settings = {"hparams": asdict(hp), "selection": selection, "min_delta": float(min_delta),
+                "frozen": frozen, "schedules": asdict(schedules)}
     optimizer = make_optimizer(model.parameters(), hp)
-    scheduler = make_scheduler(optimizer, hp)
+    scheduler = make_scheduler(optimizer, hp, schedules)
     checkpoint = Path(checkpoint) if checkpoint is not None else None
     state = None
     if checkpoint is not None:
         state = _resume(checkpoint, settings, model, optimizer, scheduler)
         if state is None:  # a failed resume may have half-loaded them: start both afresh
             optimizer = make_optimizer(model.parameters(), hp)
-            scheduler = make_scheduler(optimizer, hp)
+            scheduler = make_scheduler(optimizer, hp, schedules)
     state = state or _Progress()
     previous_seconds = state.seconds
 
@@ -513,7 +532,8 @@ def fit(
             state.epoch += 1
             epoch = state.epoch
             lr = float(optimizer.param_groups[0]["lr"])
-            train_loss = _train_epoch(model, step, train_batches(epoch), loss_fn, optimizer, epoch)
+            train_loss = _train_epoch(model, step, train_batches(epoch), loss_fn, optimizer, epoch,
+                                      frozen)
             val_loss = validation_loss(model, step, val_batches(), loss_fn)
             state.history.append(
                 {"epoch": epoch, "lr": lr, "train_loss": train_loss, "val_loss": val_loss}

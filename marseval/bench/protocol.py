@@ -1,0 +1,82 @@
+"""Training protocols: the Mars-Bench reference code's behaviour, and the fast linear probe.
+
+`marsbench` trains as kerner-lab/Mars-Bench does (`../shared/reference/marsbench-protocol.md`,
+docs/fidelity.md): the frozen backbone only has `requires_grad=False` and stays in train mode
+(BatchNorm statistics adapt, dropout and drop-path stay on), online augmentation, the last
+epoch's weights are tested, and the schedulers use `configs/training/dev.yaml`'s constants.
+`probe` is this workflow's own protocol: frozen backbone in eval mode, features cached once,
+best-validation weights tested, schedules scaled to each trial's epochs. Every difference is a
+field here, so a run record names what it did.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from marseval.errors import MarsevalError
+
+FROZEN_MODES = ("train", "eval")
+
+
+@dataclass(frozen=True)
+class Schedules:
+    """Constants of the learning-rate schedules; None scales with the trial (see each field)."""
+
+    cosine_t_max: int | None  # None: the trial's max_epochs
+    cosine_eta_min: float
+    step_size: int | None  # None: max(1, max_epochs // 3)
+    step_gamma: float
+    plateau_patience: int | None  # None: max(1, patience // 2), so it acts before early stopping
+    plateau_factor: float
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    frozen_backbone: str  # "train": BatchNorm statistics and dropout of a frozen backbone live
+    augment: bool  # online augmentation of the training split
+    selection: str  # "last" or "best" (validation loss) weights are tested
+    feature_cache: bool  # whether a frozen backbone's features may be cached
+    schedules: Schedules
+
+    def record(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+MARSBENCH = Protocol(
+    name="marsbench",
+    frozen_backbone="train",  # marsbench/models/*: requires_grad=False only
+    augment=True,  # marsbench/utils/transforms.py
+    selection="last",  # training/execution.py tests the in-memory model: ckpt_last
+    feature_cache=False,  # train-mode BatchNorm and augmentation change every pass
+    # configs/training/dev.yaml: CosineAnnealingLR(T_max=100, eta_min=1e-6), StepLR(10, 0.1),
+    # ReduceLROnPlateau(patience=5, factor=0.1)
+    schedules=Schedules(cosine_t_max=100, cosine_eta_min=1e-6, step_size=10, step_gamma=0.1,
+                        plateau_patience=5, plateau_factor=0.1),
+)
+PROBE = Protocol(
+    name="probe",
+    frozen_backbone="eval",
+    augment=False,
+    selection="best",
+    feature_cache=True,
+    schedules=Schedules(cosine_t_max=None, cosine_eta_min=0.0, step_size=None, step_gamma=0.1,
+                        plateau_patience=None, plateau_factor=0.1),
+)
+PROTOCOLS = {p.name: p for p in (MARSBENCH, PROBE)}
+
+
+def get_protocol(name: str) -> Protocol:
+    try:
+        return PROTOCOLS[name]
+    except KeyError:
+        raise MarsevalError(f"bench.protocol: unknown protocol {name!r}; expected one of "
+                            f"{sorted(PROTOCOLS)}") from None
+
+
+def resolved(protocol: Protocol, *, augment: bool | None = None,
+             selection: str | None = None) -> tuple[bool, str]:
+    """`augment` and `selection` as asked, or the protocol's where not asked (None)."""
+    return (protocol.augment if augment is None else augment,
+            protocol.selection if selection is None else selection)
