@@ -155,6 +155,42 @@ def test_a_checkpoint_of_another_protocol_is_not_resumed(tmp_path: Path, caplog)
     assert "checkpoint" in caplog.text.lower()
 
 
+# ------------------------------------------------------------------ 5. binary: one logit, BCE
+
+
+def test_reference_binary_sets_train_one_logit_with_bce() -> None:
+    from marseval.bench.losses import effective_loss, num_outputs
+
+    loss = effective_loss("binary", "cross_entropy", MARSBENCH.binary_single_logit)
+    assert loss == "bce" and num_outputs("binary", 2, loss) == 1
+    kept = effective_loss("binary", "cross_entropy", PROBE.binary_single_logit)
+    assert kept == "cross_entropy" and num_outputs("binary", 2, kept) == 2
+    for subtask, name in (("multiclass", "cross_entropy"), ("multilabel", "bce")):
+        assert effective_loss(subtask, name, MARSBENCH.binary_single_logit) == name
+
+
+def test_a_reference_binary_experiment_builds_one_logit(tmp_path: Path) -> None:
+    from test_bench_classify import standardized
+
+    from marseval.bench.classify import ClassificationExperiment
+
+    data = standardized(tmp_path, "mb-frost_cls", {"train": 8, "val": 4, "test": 4})
+    hp = hparams(loss="cross_entropy")
+    widths = {}
+    for protocol in (MARSBENCH, PROBE):
+        experiment = ClassificationExperiment(Setup(data, "timm:resnet10t", pretrained=False,
+                                                    protocol=protocol.name))
+        model = experiment.build_model(hp, seed=0)
+        widths[protocol.name] = [m.out_features for m in model.modules()
+                                 if isinstance(m, nn.Linear)][-1]
+        batch = torch.rand(3, 1), torch.tensor([0, 1, 1])
+        loss = experiment.loss_fn(hp)(*batch) if protocol is MARSBENCH else None
+        assert loss is None or loss.item() == pytest.approx(
+            nn.functional.binary_cross_entropy_with_logits(batch[0].reshape(-1),
+                                                           batch[1].float()).item())
+    assert widths == {"marsbench": 1, "probe": 2}
+
+
 # ------------------------------------------------------------------ the workflow and bad input
 
 

@@ -18,7 +18,7 @@ from torch import nn
 from marseval.bench.data import ImageDataset, targets
 from marseval.bench.experiment import Experiment, Setup, Split
 from marseval.bench.features import read_cache
-from marseval.bench.losses import classification_loss, num_outputs
+from marseval.bench.losses import classification_loss, effective_loss, num_outputs
 from marseval.bench.models import make_heads
 from marseval.bench.training import HParams, LossFn, evaluate, seed_everything
 
@@ -82,7 +82,7 @@ class ClassificationExperiment(Experiment):
 
     def build_model(self, hp: HParams, seed: int) -> nn.Module:
         seed_everything(seed)
-        outputs = num_outputs(self.subtask, self.num_classes, hp.loss)
+        outputs = num_outputs(self.subtask, self.num_classes, self._loss(hp))
         heads = make_heads(self.feature_dims, outputs, self.setup.head)
         if self.cached:
             return Heads(heads).to(self.device)
@@ -91,8 +91,11 @@ class ClassificationExperiment(Experiment):
         return Classifier(self._backbone, heads,
                           frozen=self.setup.training_type == "feature_extraction").to(self.device)
 
+    def _loss(self, hp: HParams) -> str:
+        return effective_loss(self.subtask, hp.loss, self.setup.rules.binary_single_logit)
+
     def loss_fn(self, hp: HParams) -> LossFn:
-        return classification_loss(self.subtask, hp.loss)
+        return classification_loss(self.subtask, self._loss(hp))
 
     def score(self, model: nn.Module, split: Split, batch_size: int = 256) -> dict[str, Any]:
         # torchmetrics imports transformers and scipy.signal (seconds): only jobs that test

@@ -38,6 +38,14 @@ def _check(subtask: str, loss: str) -> None:
         )
 
 
+def effective_loss(subtask: str, loss: str, binary_single_logit: bool) -> str:
+    """The loss a trial trains with. In the Mars-Bench reference every binary set trains one
+    logit with BCE, also under the name cross-entropy (`_initialize_criterion`); the probe
+    protocol keeps the two-logit softmax for cross-entropy."""
+    _check(subtask, loss)
+    return "bce" if subtask == "binary" and binary_single_logit else loss
+
+
 def num_outputs(subtask: str, num_classes: int, loss: str) -> int:
     """Width of the classification head: 1 for binary BCE, 2 for binary cross-entropy, else C."""
     _check(subtask, loss)

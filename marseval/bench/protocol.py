@@ -3,7 +3,8 @@
 `marsbench` trains as kerner-lab/Mars-Bench does (`../shared/reference/marsbench-protocol.md`,
 docs/fidelity.md): the frozen backbone only has `requires_grad=False` and stays in train mode
 (BatchNorm statistics adapt, dropout and drop-path stay on), online augmentation, the last
-epoch's weights are tested, and the schedulers use `configs/training/dev.yaml`'s constants.
+epoch's weights are tested, the schedulers use `configs/training/dev.yaml`'s constants, and
+binary sets train one logit with BCE even when the grid names cross-entropy.
 `probe` is this workflow's own protocol: frozen backbone in eval mode, features cached once,
 best-validation weights tested, schedules scaled to each trial's epochs. Every difference is a
 field here, so a run record names what it did.
@@ -38,6 +39,7 @@ class Protocol:
     augment: bool  # online augmentation of the training split
     selection: str  # "last" or "best" (validation loss) weights are tested
     feature_cache: bool  # whether a frozen backbone's features may be cached
+    binary_single_logit: bool  # binary sets: one logit with BCE whatever the loss is named
     schedules: Schedules
 
     def record(self) -> dict[str, Any]:
@@ -50,6 +52,7 @@ MARSBENCH = Protocol(
     augment=True,  # marsbench/utils/transforms.py
     selection="last",  # training/execution.py tests the in-memory model: ckpt_last
     feature_cache=False,  # train-mode BatchNorm and augmentation change every pass
+    binary_single_logit=True,  # _initialize_criterion: binary -> BCEWithLogits, 1 output
     # configs/training/dev.yaml: CosineAnnealingLR(T_max=100, eta_min=1e-6), StepLR(10, 0.1),
     # ReduceLROnPlateau(patience=5, factor=0.1)
     schedules=Schedules(cosine_t_max=100, cosine_eta_min=1e-6, step_size=10, step_gamma=0.1,
@@ -61,6 +64,7 @@ PROBE = Protocol(
     augment=False,
     selection="best",
     feature_cache=True,
+    binary_single_logit=False,  # cross_entropy: two logits and softmax; bce: one logit
     schedules=Schedules(cosine_t_max=None, cosine_eta_min=0.0, step_size=None, step_gamma=0.1,
                         plateau_patience=None, plateau_factor=0.1),
 )
