@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -305,13 +306,24 @@ def killed_rerun(embedded_default, tmp_path_factory: pytest.TempPathFactory) -> 
     killed_files = [p for p in (workdir / "results").rglob("*")
                     if p.is_file() and not any(part.startswith(".") for part in
                                                p.relative_to(workdir).parts)]
+    # done = made and recorded by Snakemake as finished: an output renamed into place a moment
+    # before the kill, whose job Snakemake had not yet closed, is still incomplete and is
+    # rightly made again on resume
     done_at_kill = {name: (workdir / name).stat().st_mtime_ns for name in others
-                    if (workdir / name).exists()}
+                    if (workdir / name).exists() and not _marked_incomplete(workdir, name)}
     # a killed Snakemake cannot remove its lock: --unlock first, as the README says
     unlocked = snakemake([*args, "--unlock"], env, cwd=workdir)
     # no --rerun-incomplete: profiles/default sets it for every run
     resumed = snakemake(args, env, cwd=workdir, timeout=900)
     return Rerun(first, workdir, started, killed_files, done_at_kill, resumed, unlocked)
+
+
+def _marked_incomplete(workdir: Path, output: str) -> bool:
+    """Snakemake's own record that a job making `output` started and did not finish: a file
+    named by the urlsafe base64 of the output path in .snakemake/incomplete
+    (snakemake/persistence/file.py)."""
+    marker = base64.urlsafe_b64encode(output.encode()).decode()
+    return (workdir / ".snakemake" / "incomplete" / marker).exists()
 
 
 def test_embedded_default_runs_end_to_end(embedded_default) -> None:
