@@ -290,8 +290,10 @@ def killed_rerun(embedded_default, tmp_path_factory: pytest.TempPathFactory) -> 
     deadline = time.monotonic() + 900
 
     def made_again(names: list[str]) -> bool:
+        # a target other than a run folder counts once Snakemake has closed its job too
         return any(any((workdir / name).glob("seed*.json")) if name in RUN_FOLDERS
-                   else (workdir / name).exists() for name in names)
+                   else (workdir / name).exists() and not _marked_incomplete(workdir, name)
+                   for name in names)
 
     # a download writes its folder in place (resumable; Snakemake's incomplete marker says
     # whether it finished), so its existence does not mean it is done: the others are atomic
