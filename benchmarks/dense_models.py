@@ -75,8 +75,8 @@ def training_step(model, loss_of):
 def segmentation_steps(name: str, batch: int, device: str):
     import torch
 
-    from marseval.bench.seg_losses import segmentation_loss
-    from marseval.bench.seg_models import build_segmenter
+    from marseval.bench.segmentation.losses import segmentation_loss
+    from marseval.bench.segmentation.models import build_segmenter
 
     torch.manual_seed(0)
     spec = build_segmenter(name, NUM_CLASSES["segmentation"], pretrained=False,
@@ -98,7 +98,7 @@ def segmentation_steps(name: str, batch: int, device: str):
 def detection_steps(name: str, batch: int, device: str):
     import torch
 
-    from marseval.bench.det_models import build_detector
+    from marseval.bench.detection.models import build_detector
 
     torch.manual_seed(0)
     model = build_detector(name, NUM_CLASSES["detection"], pretrained=False,

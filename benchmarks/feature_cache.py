@@ -60,8 +60,8 @@ def run_mode(mode: str, data: Path, work: Path, epochs: int, model_name: str) ->
     """One mode in this process: (extract +) fit one trial + score; peak RSS at the end."""
     import torch
 
-    from marseval.bench.classify import ClassificationExperiment as Experiment
-    from marseval.bench.features import cache_features
+    from marseval.bench.classification.experiment import ClassificationExperiment as Experiment
+    from marseval.bench.classification.features import cache_features
     from marseval.bench.training import HParams
 
     torch.set_num_threads(os.cpu_count() or 1)

@@ -139,7 +139,7 @@ class Built:
 
 
 def build_classification(name: str) -> Built:
-    from marseval.bench.models import build_classifier
+    from marseval.bench.classification.models import build_classifier
 
     model = build_classifier(name, CLASSES["classification"], pretrained=False,
                              training_type="feature_extraction").eval()
@@ -149,7 +149,7 @@ def build_classification(name: str) -> Built:
 
 
 def build_segmentation(name: str) -> Built:
-    from marseval.bench.seg_models import build_segmenter
+    from marseval.bench.segmentation.models import build_segmenter
 
     spec = build_segmenter(name, CLASSES["segmentation"], pretrained=False,
                            training_type="feature_extraction")
@@ -159,7 +159,7 @@ def build_segmentation(name: str) -> Built:
 
 
 def build_detection(name: str) -> Built:
-    from marseval.bench.det_models import build_detector
+    from marseval.bench.detection.models import build_detector
 
     model = build_detector(name, CLASSES["detection"], pretrained=False,
                            training_type="feature_extraction").eval()

@@ -11,6 +11,7 @@ from pathlib import Path
 from marseval.errors import MarsevalError
 from marseval.gpu import GPU_COMMANDS, claim_gpu
 from marseval.registry import RegistryError
+from marseval.report.options import CURVE_NORMALIZERS, FIGURE_STYLES
 
 
 def _floats(text: str) -> list[float]:
@@ -69,6 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fixed {dataset: [min, max]} JSON instead of min/max over the runs")
     rp.add_argument("--earth", type=Path,
                     help="earth_data.csv of the paper: adds the Earth-observation figure")
+    rp.add_argument("--exclude-dataset", action="append", default=[], metavar="DATASET",
+                    help="leave this dataset out of the report (repeatable)")
+    rp.add_argument("--legacy-nan-trim", action="store_true",
+                    help="aggregate as the published figure: max == min datasets pooled as NaN, "
+                         "trimmed as +infinity")
+    rp.add_argument("--figure-style", choices=FIGURE_STYLES, default=FIGURE_STYLES[0])
+    rp.add_argument("--curve-normalizer", choices=CURVE_NORMALIZERS, default=CURVE_NORMALIZERS[0],
+                    help="normalise curves with the main runs' min/max or refit on their table")
 
     _retrieval_commands(commands)
 
@@ -263,8 +272,8 @@ def run_bench(args: argparse.Namespace) -> None:
 
         set_offline(True)
     if args.command == "features":
+        from marseval.bench.classification.features import cache_features
         from marseval.bench.experiment import resolve_device
-        from marseval.bench.features import cache_features
 
         cache_features(args.dataset_dir, args.model, args.out, pretrained=args.pretrained,
                        batch_size=args.batch_size, device=resolve_device(args.device))
@@ -306,14 +315,18 @@ def run(args: argparse.Namespace) -> None:
         run_retrieval(args)
         return
     if args.command == "report":
+        from marseval.report.options import ReportOptions
         from marseval.report.run import run_report
 
+        options = ReportOptions(tuple(args.exclude_dataset), args.legacy_nan_trim,
+                                args.figure_style, args.curve_normalizer)
         summary = run_report(args.runs, args.task, args.out, reps=args.reps, ci=args.ci,
                              seed=args.seed, normalizer_path=args.normalizer,
-                             earth_path=args.earth)
+                             earth_path=args.earth, options=options)
         print(f"{args.task}: {summary['n_main_runs']} main runs of {len(summary['models'])} "
               f"models on {len(summary['datasets'])} datasets reported in {args.out}; "
-              f"dropped (max == min): {summary['dropped_datasets'] or 'none'}")
+              f"dropped (max == min): {summary['dropped_datasets'] or 'none'}; "
+              f"left out: {summary['excluded_datasets'] or 'none'}")
         return
     if args.command == "download":
         from marseval.fetch import download, set_offline

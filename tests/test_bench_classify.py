@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from marseval.bench import tune as tune_module
-from marseval.bench.classify import ClassificationExperiment as Experiment
+from marseval.bench.classification.experiment import ClassificationExperiment as Experiment
+from marseval.bench.classification.features import cache_features
 from marseval.bench.experiment import Setup
-from marseval.bench.features import cache_features
 from marseval.bench.grid import expand
 from marseval.bench.runs import train_runs
 from marseval.bench.selection import select_best

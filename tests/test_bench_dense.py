@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from marseval.bench.collect import collect
-from marseval.bench.dense_data import DetectionDataset, drop_images_without_boxes
+from marseval.bench.detection.data import DetectionDataset, drop_images_without_boxes
 from marseval.bench.experiment import Setup, open_experiment
 from marseval.bench.grid import expand
 from marseval.bench.runs import train_runs
-from marseval.bench.seg_metrics import SegmentationScorer
+from marseval.bench.segmentation.metrics import SegmentationScorer
 from marseval.bench.selection import select_best
 from marseval.bench.training import HParams, validation_loss
 from marseval.bench.tune import run_shard
@@ -138,7 +138,7 @@ def test_the_detection_pipeline_learns_the_boxes_of_a_few_images(boulders: Path)
     # Overfitting four images through the experiment's own data, loss, predictions and COCO
     # scoring shows the pieces fit together: boxes scaled the right way in and out, labels
     # aligned, predictions scored against the native ground truth.
-    from marseval.bench.dense_data import collate_detection
+    from marseval.bench.detection.data import collate_detection
     from marseval.bench.experiment import Split
 
     # 128 px: the 14 x 9 px synthetic boulders of the 64-px images cover enough anchor
@@ -194,7 +194,7 @@ def test_per_batch_validation_loss_equals_the_loss_of_the_whole_split() -> None:
 
 
 def test_a_dataset_of_another_task_is_refused(craters: Path) -> None:
-    from marseval.bench.detect import DetectionExperiment
+    from marseval.bench.detection.experiment import DetectionExperiment
 
     with pytest.raises(MarsevalError, match="segmentation dataset, not detection"):
         DetectionExperiment(Setup(craters, DETECTOR, pretrained=False))

@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from marseval.bench import det_models
-from marseval.bench.det_metrics import coco_metrics
-from marseval.bench.det_models import DETECTORS, Detector, build_detector
+from marseval.bench.detection import models as det_models
+from marseval.bench.detection.metrics import coco_metrics
+from marseval.bench.detection.models import DETECTORS, Detector, build_detector
 from marseval.bench.training import train_mode
 from marseval.errors import MarsevalError
 
@@ -381,7 +381,7 @@ def test_pretrained_torchvision_loads_coco_layout_before_new_predictor(
     coco = FasterRCNN(_resnet_fpn_extractor(resnet50(norm_layer=FrozenBatchNorm2d), 3), 91)
     with torch.no_grad():
         coco.backbone.body.bn1.running_mean.uniform_()  # differs from a fresh BatchNorm2d
-    monkeypatch.setattr(det_models, "_torchvision_state_dict", lambda name, w: coco.state_dict())
+    monkeypatch.setattr(det_models, "torchvision_state_dict", lambda name, w: coco.state_dict())
     model = build_detector("fasterrcnn_resnet50_fpn", 4, pretrained=True,
                            training_type="transfer_learning", input_size=128)
     assert torch.equal(model.net.backbone.body.bn1.running_mean,

@@ -12,16 +12,16 @@ import torch
 from PIL import Image
 from torch import nn
 
-from marseval.bench.data import ImageDataset, load_samples, split_frame, targets
-from marseval.bench.features import cache_features, read_cache, write_cache
-from marseval.bench.models import (
+from marseval.bench.classification.data import ImageDataset, targets
+from marseval.bench.classification.features import cache_features, read_cache, write_cache
+from marseval.bench.classification.models import (
     Backbone,
     Classifier,
     build_backbone,
     build_classifier,
-    torch_hub_checkpoint,
-    trainable_parameters,
 )
+from marseval.bench.model_building import torch_hub_checkpoint, trainable_parameters
+from marseval.bench.samples import load_samples, split_frame
 from marseval.errors import MarsevalError
 
 TINY = "timm:resnet10t"
@@ -427,7 +427,7 @@ def test_feature_cache_round_trip(tmp_path: Path) -> None:
 
 
 def test_interrupted_cache_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import marseval.bench.features as features
+    import marseval.bench.classification.features as features
 
     folder = _standardized(tmp_path, "mb-frost_cls")
     out = tmp_path / "features" / "resnet10t"

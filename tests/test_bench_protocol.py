@@ -159,7 +159,7 @@ def test_a_checkpoint_of_another_protocol_is_not_resumed(tmp_path: Path, caplog)
 
 
 def test_reference_binary_sets_train_one_logit_with_bce() -> None:
-    from marseval.bench.losses import effective_loss, num_outputs
+    from marseval.bench.classification.losses import effective_loss, num_outputs
 
     loss = effective_loss("binary", "cross_entropy", MARSBENCH.binary_single_logit)
     assert loss == "bce" and num_outputs("binary", 2, loss) == 1
@@ -172,7 +172,7 @@ def test_reference_binary_sets_train_one_logit_with_bce() -> None:
 def test_a_reference_binary_experiment_builds_one_logit(tmp_path: Path) -> None:
     from test_bench_classify import standardized
 
-    from marseval.bench.classify import ClassificationExperiment
+    from marseval.bench.classification.experiment import ClassificationExperiment
 
     data = standardized(tmp_path, "mb-frost_cls", {"train": 8, "val": 4, "test": 4})
     hp = hparams(loss="cross_entropy")

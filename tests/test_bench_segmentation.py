@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from marseval.bench.models import trainable_parameters
-from marseval.bench.seg_losses import SEGMENTATION_LOSSES, segmentation_loss
-from marseval.bench.seg_metrics import SegmentationScorer
-from marseval.bench.seg_models import (
+from marseval.bench.model_building import trainable_parameters
+from marseval.bench.segmentation.losses import SEGMENTATION_LOSSES, segmentation_loss
+from marseval.bench.segmentation.metrics import SegmentationScorer
+from marseval.bench.segmentation.models import (
     DPT_DEFAULT_ENCODER,
     SEGMENTATION_ARCHS,
     Segmenter,

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, f1_score
 from torch import nn
 
-from marseval.bench.losses import classification_loss, num_outputs
-from marseval.bench.metrics import classification_metrics, primary_metric_name
+from marseval.bench.classification.losses import classification_loss, num_outputs
+from marseval.bench.classification.metrics import classification_metrics, primary_metric_name
 from marseval.bench.training import (
     OPTIMIZERS,
     SCHEDULES,

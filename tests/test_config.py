@@ -104,7 +104,7 @@ def test_model_missing_from_registry_names_the_key(task: str, name: str, expecte
 
 
 def test_model_names_agree_with_the_builders() -> None:
-    from marseval.bench.models import TORCHVISION_MODELS
+    from marseval.bench.classification.models import TORCHVISION_MODELS
     from marseval.registry.model_names import CLASSIFICATION_BACKBONES, model_name_problem
 
     assert sorted(TORCHVISION_MODELS) == sorted(CLASSIFICATION_BACKBONES)

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from marseval.bench.data import load_samples, split_frame
 from marseval.bench.protocol import Protocol, get_protocol
+from marseval.bench.samples import load_samples, split_frame
 from marseval.bench.training import FitResult, HParams, LossFn, fit
 from marseval.errors import MarsevalError
 
@@ -183,11 +183,11 @@ def open_experiment(setup: Setup) -> Experiment:
     """The experiment of the dataset's task (classification, segmentation, detection)."""
     task = dataset_task(setup.dataset_dir)
     if task == "classification":
-        from marseval.bench.classify import ClassificationExperiment as kind
+        from marseval.bench.classification.experiment import ClassificationExperiment as kind
     elif task == "segmentation":
-        from marseval.bench.segment import SegmentationExperiment as kind
+        from marseval.bench.segmentation.experiment import SegmentationExperiment as kind
     elif task == "detection":
-        from marseval.bench.detect import DetectionExperiment as kind
+        from marseval.bench.detection.experiment import DetectionExperiment as kind
     else:
         raise MarsevalError(f"{setup.dataset_dir}: task {task!r} has no Mars-Bench experiment "
                             "(retrieval sets go through the retrieval stage)")

@@ -33,7 +33,7 @@ from PIL import Image
 from torch import Tensor
 from torch.nn import functional as F
 
-from marseval.bench.models import _hf_offline, offline_var
+from marseval.bench.model_building import hf_offline, offline_var
 from marseval.errors import MarsevalError
 from marseval.registry.model_names import TINY_CLIP
 
@@ -112,7 +112,7 @@ def _tiny_clip_arch() -> str:
 def _loading(name: str) -> Iterator[None]:
     """Hub errors come from several libraries: turn them into one line naming the model."""
     offline = offline_var()
-    guard = _hf_offline() if offline else contextlib.nullcontext()
+    guard = hf_offline() if offline else contextlib.nullcontext()
     try:
         with guard:
             yield

@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from marseval.bench.dense_data import SegmentationDataset
 from marseval.bench.experiment import SCORE_RESOLUTIONS, Experiment, Setup, Split, to_device
-from marseval.bench.seg_losses import segmentation_loss
-from marseval.bench.seg_metrics import SegmentationScorer
-from marseval.bench.seg_models import Segmenter, build_segmenter
+from marseval.bench.segmentation.data import SegmentationDataset
+from marseval.bench.segmentation.losses import segmentation_loss
+from marseval.bench.segmentation.metrics import SegmentationScorer
+from marseval.bench.segmentation.models import Segmenter, build_segmenter
 from marseval.bench.training import HParams, LossFn, seed_everything
 from marseval.errors import MarsevalError
 

@@ -14,20 +14,22 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 from torch import Tensor, nn
 
-from marseval.data.download import OFFLINE_ENV_VARS
+from marseval.bench.model_building import (
+    TRAINING_TYPES,
+    check_timm_offline,
+    freeze,
+    hf_offline,
+    offline_var,
+    torchvision_state_dict,
+)
 from marseval.errors import MarsevalError
-
-TRAINING_TYPES = ("feature_extraction", "transfer_learning", "scratch")
 
 
 @dataclass
@@ -67,39 +69,6 @@ TORCHVISION_MODELS: dict[str, _TorchvisionSpec] = {
     # not a paper model: the ResNet-50-sized backbone of the feature-cache benchmark
     "resnet50": _TorchvisionSpec("IMAGENET1K_V2", "ResNet50", {"main": 2048}, {}),
 }
-
-
-# --------------------------------------------------------------------------- offline mode
-
-
-def offline_var() -> str | None:
-    """The environment variable that forbids network access, if one is set."""
-    for var in OFFLINE_ENV_VARS:
-        if os.environ.get(var, "").strip().lower() not in {"", "0", "false", "no", "off"}:
-            return var
-    return None
-
-
-@contextlib.contextmanager
-def _hf_offline() -> Iterator[None]:
-    """huggingface_hub reads HF_HUB_OFFLINE once, at import: switch it on for this block."""
-    try:
-        from huggingface_hub import constants
-    except ImportError:  # no hub client: timm can only load from URLs, checked beforehand
-        yield
-        return
-    old = constants.HF_HUB_OFFLINE
-    constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = old
-
-
-def torch_hub_checkpoint(url: str) -> Path:
-    """Where torch.hub keeps the file of `url`: `$TORCH_HOME/hub/checkpoints/<file name>`."""
-    # torch.hub.get_dir reads TORCH_HOME at call time, so tests can point it elsewhere
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
 
 
 # --------------------------------------------------------------------------- feature modules
@@ -208,7 +177,7 @@ def _build_torchvision(name: str, pretrained: bool) -> Backbone:
         kwargs["init_weights"] = not pretrained
     net = get_model(name, weights=None, **kwargs)
     if pretrained:
-        net.load_state_dict(_torchvision_state_dict(name, weights))
+        net.load_state_dict(torchvision_state_dict(name, weights))
 
     if name.startswith("resnet"):
         net.fc = nn.Identity()
@@ -244,25 +213,6 @@ def _build_torchvision(name: str, pretrained: bool) -> Backbone:
     )
 
 
-def _torchvision_state_dict(name: str, weights) -> dict[str, Tensor]:
-    path = torch_hub_checkpoint(weights.url)
-    var = offline_var()
-    if var is not None and not path.is_file():
-        raise MarsevalError(
-            f"pretrained weights of {name} ({weights}) are not cached at {path} and {var} "
-            f"forbids downloading them; fetch {weights.url} to that path or unset {var}"
-        )
-    try:
-        # weights_only=True explicitly: torch.hub.load_state_dict_from_url defaults to False
-        return weights.get_state_dict(
-            progress=False, check_hash=True, weights_only=True, map_location="cpu"
-        )
-    except Exception as exc:  # network (URLError), hash mismatch, refused pickle (weights_only)
-        raise MarsevalError(
-            f"loading pretrained weights of {name} from {weights.url} into {path} failed: {exc}"
-        ) from exc
-
-
 def _build_timm(model_name: str, pretrained: bool) -> Backbone:
     import timm
     from timm.data import resolve_data_config
@@ -278,8 +228,8 @@ def _build_timm(model_name: str, pretrained: bool) -> Backbone:
 
     offline = offline_var() if pretrained else None
     if offline is not None and not hub_name:
-        _check_timm_offline(model_name, offline)
-    guard = _hf_offline() if offline is not None else contextlib.nullcontext()
+        check_timm_offline(model_name, offline)
+    guard = hf_offline() if offline is not None else contextlib.nullcontext()
     try:
         with guard:
             net = timm.create_model(model_name, pretrained=pretrained, num_classes=0)
@@ -312,52 +262,7 @@ def _build_timm(model_name: str, pretrained: bool) -> Backbone:
     )
 
 
-def _check_timm_offline(model_name: str, var: str) -> None:
-    """Offline, a timm checkpoint that would come from a plain URL must already be cached."""
-    from timm.models import get_pretrained_cfg
-
-    try:
-        cfg = get_pretrained_cfg(model_name)
-    except RuntimeError as exc:  # an unknown pretrained tag
-        raise MarsevalError(f"timm model {model_name!r}: {exc}") from exc
-    if cfg is None:
-        return
-    try:
-        from timm.models._hub import has_hf_hub
-
-        hub_client = has_hf_hub()
-    except ImportError:  # a private timm helper moved: assume the hub client is there
-        hub_client = True
-    # timm prefers the Hugging Face Hub when it can (the offline switch covers that path)
-    has_hub = bool(cfg.hf_hub_id) and hub_client
-    if not has_hub and cfg.url:
-        path = torch_hub_checkpoint(cfg.url)
-        if not path.is_file():
-            raise MarsevalError(
-                f"pretrained weights of timm:{model_name} are not cached at {path} and {var} "
-                f"forbids downloading them; fetch {cfg.url} to that path or unset {var}"
-            )
-
-
-def check_model_arguments(kind: str, name: str, num_classes: int, training_type: str) -> None:
-    """The arguments every model builder shares: a known training type and >= 1 class."""
-    if training_type not in TRAINING_TYPES:
-        raise MarsevalError(
-            f"unknown training type {training_type!r}; expected one of {', '.join(TRAINING_TYPES)}"
-        )
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise MarsevalError(f"{kind} {name!r}: num_classes must be an integer >= 1, "
-                            f"got {num_classes!r}")
-
-
 # --------------------------------------------------------------------------- classifier
-
-
-def freeze(module: nn.Module) -> nn.Module:
-    """Make every parameter of `module` untrainable; returns it."""
-    for parameter in module.parameters():
-        parameter.requires_grad_(False)
-    return module
 
 
 HEADS = ("linear", "batchnorm_linear")
@@ -436,8 +341,3 @@ def build_classifier(
     else:
         backbone = build_backbone(name, pretrained=pretrained)
     return Classifier(backbone, num_outputs, frozen=training_type == "feature_extraction")
-
-
-def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The parameters an optimizer should update."""
-    return [p for p in model.parameters() if p.requires_grad]

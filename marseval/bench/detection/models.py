@@ -26,11 +26,11 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from marseval.bench.models import (
-    _torchvision_state_dict,
+from marseval.bench.model_building import (
     check_model_arguments,
     freeze,
     offline_var,
+    torchvision_state_dict,
 )
 from marseval.errors import MarsevalError
 from marseval.registry.model_names import DETECTORS
@@ -323,7 +323,7 @@ def build_detector(
 
             # COCO weights go in before the class-specific layers are replaced
             weights = get_model_weights(name)[spec.weights]
-            net.load_state_dict(_torchvision_state_dict(name, weights))
+            net.load_state_dict(torchvision_state_dict(name, weights))
         _replace_torchvision_predictor(name, net, num_classes + spec.background)
         trunk = _torchvision_trunk(name, net)
     else:

@@ -8,7 +8,6 @@ augmentations run between resizing and normalising (the reference order).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,49 +15,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import Dataset
 
+from marseval.bench.augmentations import paper_augmentations
+from marseval.bench.samples import read_image
 from marseval.errors import MarsevalError
 
 if TYPE_CHECKING:  # torchvision (with torch._dynamo) loads only in jobs that decode images
-    from torchvision.transforms import v2
+    pass
 
-SPLITS = ("train", "val", "test")
-_SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}  # Pillow opens 16-bit PNGs as I;16 or I
-
-
-def load_samples(dataset_dir: Path) -> tuple[dict[str, Any], pd.DataFrame, dict[str, list[str]]]:
-    """(meta, samples frame, subsets) of a standardized dataset folder."""
-    dataset_dir = Path(dataset_dir)
-    paths = {name: dataset_dir / name for name in ("meta.json", "samples.parquet", "subsets.json")}
-    for path in paths.values():
-        if not path.is_file():
-            raise MarsevalError(f"{path} is missing: is {dataset_dir} a standardized dataset?")
-    meta = json.loads(paths["meta.json"].read_text())
-    frame = pd.read_parquet(paths["samples.parquet"])
-    subsets = json.loads(paths["subsets.json"].read_text())
-    return meta, frame, subsets
-
-
-def split_frame(
-    frame: pd.DataFrame, split: str, subset_ids: Sequence[str] | None = None
-) -> pd.DataFrame:
-    """The rows of `split` (in file order), restricted to `subset_ids` when given."""
-    if split not in SPLITS:
-        raise MarsevalError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
-    rows = frame[frame["split"] == split]
-    if subset_ids is not None:
-        wanted = set(subset_ids)
-        missing = wanted.difference(rows["sample_id"])
-        if missing:
-            raise MarsevalError(
-                f"{len(missing)} subset sample(s) are not in split {split}, "
-                f"e.g. {sorted(missing)[0]}"
-            )
-        rows = rows[rows["sample_id"].isin(wanted)]
-    return rows.reset_index(drop=True)
 
 
 def targets(frame: pd.DataFrame, meta: dict[str, Any]) -> Tensor:
@@ -79,62 +45,6 @@ def targets(frame: pd.DataFrame, meta: dict[str, Any]) -> Tensor:
     if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
         raise MarsevalError(f"labels outside 0..{num_classes - 1} in {meta.get('name')}")
     return labels
-
-
-def read_image(path: Path, gray: bool = False) -> Tensor:
-    """A float (C, H, W) tensor in [0, 1]: C = 1 (grayscale) or 3 (colour; alpha dropped).
-
-    `gray=True` turns colour images to one luminance channel (the halves of a change pair).
-    """
-    try:
-        with Image.open(path) as image:
-            image.load()
-            mode = image.mode
-            if mode in _SIXTEEN_BIT:
-                pixels = np.asarray(image, dtype=np.float32) / 65535.0
-            elif mode == "F":
-                pixels = np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
-            else:
-                if mode not in ("L", "RGB"):
-                    # palette, alpha, 1-bit, CMYK...: to the nearest plain mode
-                    image = image.convert("L" if mode in ("1", "LA", "La") else "RGB")
-                if gray and image.mode != "L":
-                    image = image.convert("L")
-                pixels = np.asarray(image, dtype=np.float32) / 255.0
-    except OSError as exc:
-        raise MarsevalError(f"cannot read image {path}: {exc}") from exc
-    tensor = torch.from_numpy(np.ascontiguousarray(pixels))
-    return tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)
-
-
-class RandomRot90(nn.Module):
-    """Rotate by k x 90 degrees, k uniform in 0..3 (albumentations' RandomRotate90)."""
-
-    def forward(self, image: Tensor) -> Tensor:
-        k = int(torch.randint(0, 4, ()).item())
-        return torch.rot90(image, k, dims=(-2, -1))
-
-
-def paper_augmentations() -> v2.Compose:
-    """The Mars-Bench reference's classification augmentations, on [0, 1] float images.
-
-    Flips (p 0.5 each), a 90-degree rotation (p 0.5), colour jitter 0.2/0.2/0.2/0.1 (p 0.3)
-    and a 3, 5 or 7 px gaussian blur with OpenCV's sigma for that kernel (p 0.2).
-    """
-    from torchvision.transforms import v2
-
-    blurs = [v2.GaussianBlur(k, sigma=0.3 * ((k - 1) * 0.5 - 1) + 0.8) for k in (3, 5, 7)]
-    return v2.Compose(
-        [
-            v2.RandomHorizontalFlip(0.5),
-            v2.RandomVerticalFlip(0.5),
-            v2.RandomApply([RandomRot90()], p=0.5),
-            v2.RandomApply(
-                [v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.1)], p=0.3
-            ),
-            v2.RandomApply([v2.RandomChoice(blurs)], p=0.2),
-        ]
-    )
 
 
 class ImageDataset(Dataset):

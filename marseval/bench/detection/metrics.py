@@ -1,6 +1,6 @@
 """COCO box mAP for every detector: one pycocotools `COCOeval` over in-memory data.
 
-Predictions and targets use the detectors' format (`det_models`): boxes xyxy pixels, labels
+Predictions and targets use the detectors' format (`detection.models`): boxes xyxy pixels, labels
 0..C-1. They become COCO ground truth and results with image ids 1..N, category ids 1..C and
 xywh boxes; images without ground truth stay in, so their detections count as false positives.
 """

@@ -24,11 +24,11 @@ from functools import partial
 import torch
 from torch import nn
 
-from marseval.bench.models import (
-    _check_timm_offline,
-    _hf_offline,
+from marseval.bench.model_building import (
     check_model_arguments,
+    check_timm_offline,
     freeze,
+    hf_offline,
     offline_var,
 )
 from marseval.errors import MarsevalError
@@ -188,8 +188,8 @@ def _build_pretrained(make: Callable[[], nn.Module], name: str, encoder: str) ->
     var = offline_var()
     if var is not None and encoder.startswith("tu-"):
         # weights that would come from a plain URL must already be in $TORCH_HOME
-        _check_timm_offline(encoder[len("tu-") :], var)
-    guard = _hf_offline() if var is not None else contextlib.nullcontext()
+        check_timm_offline(encoder[len("tu-") :], var)
+    guard = hf_offline() if var is not None else contextlib.nullcontext()
     try:
         with guard:
             return make()

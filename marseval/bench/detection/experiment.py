@@ -3,7 +3,7 @@
 Every detector computes its own training loss (torchvision's loss dict, ultralytics'
 v8DetectionLoss); the training step hands that scalar to the loop as the model's output, and
 the loss function passes it through. Predictions are scaled back to each image's own pixels
-and scored by one COCO evaluator for all detectors (`det_metrics.coco_metrics`), never by a
+and scored by one COCO evaluator for all detectors (`detection.metrics.coco_metrics`), never by a
 library's own validator.
 
 Images without boxes stay in as negatives; `Setup.drop_empty=True` drops them from every
@@ -17,13 +17,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from marseval.bench.dense_data import (
+from marseval.bench.detection.data import (
     DetectionDataset,
     collate_detection,
     drop_images_without_boxes,
 )
-from marseval.bench.det_metrics import coco_metrics
-from marseval.bench.det_models import Detector, build_detector
+from marseval.bench.detection.metrics import coco_metrics
+from marseval.bench.detection.models import Detector, build_detector
 from marseval.bench.experiment import Experiment, Setup, Split, to_device
 from marseval.bench.losses import DETECTION_LOSSES
 from marseval.bench.training import HParams, LossFn, seed_everything

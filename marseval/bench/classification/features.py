@@ -21,8 +21,9 @@ from tqdm import tqdm
 
 from marseval import __version__
 from marseval.atomic import atomic_directory, atomic_write_json, atomic_writer
-from marseval.bench.data import SPLITS, ImageDataset, load_samples, split_frame
-from marseval.bench.models import Backbone, build_backbone
+from marseval.bench.classification.data import ImageDataset
+from marseval.bench.classification.models import Backbone, build_backbone
+from marseval.bench.samples import SPLITS, load_samples, split_frame
 from marseval.errors import MarsevalError
 
 CACHE_DTYPE = np.float16

@@ -15,11 +15,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from marseval.bench.data import ImageDataset, targets
+from marseval.bench.classification.data import ImageDataset, targets
+from marseval.bench.classification.features import read_cache
+from marseval.bench.classification.losses import classification_loss, effective_loss, num_outputs
+from marseval.bench.classification.models import make_heads
 from marseval.bench.experiment import Experiment, Setup, Split
-from marseval.bench.features import read_cache
-from marseval.bench.losses import classification_loss, effective_loss, num_outputs
-from marseval.bench.models import make_heads
 from marseval.bench.training import HParams, LossFn, evaluate, seed_everything
 
 
@@ -53,7 +53,8 @@ class ClassificationExperiment(Experiment):
             self.display_name = self._backbone.display_name
 
     def _build_backbone(self):
-        from marseval.bench.models import build_backbone, freeze
+        from marseval.bench.classification.models import build_backbone
+        from marseval.bench.model_building import freeze
 
         # a random-init backbone (tests, embedded default) comes from a fixed seed inside
         # build_backbone, so the feature cache and online training see the same one
@@ -86,7 +87,7 @@ class ClassificationExperiment(Experiment):
         heads = make_heads(self.feature_dims, outputs, self.setup.head)
         if self.cached:
             return Heads(heads).to(self.device)
-        from marseval.bench.models import Classifier
+        from marseval.bench.classification.models import Classifier
 
         return Classifier(self._backbone, heads,
                           frozen=self.setup.training_type == "feature_extraction").to(self.device)
@@ -99,7 +100,10 @@ class ClassificationExperiment(Experiment):
 
     def score(self, model: nn.Module, split: Split, batch_size: int = 256) -> dict[str, Any]:
         # torchmetrics imports transformers and scipy.signal (seconds): only jobs that test
-        from marseval.bench.metrics import classification_metrics, primary_metric_name
+        from marseval.bench.classification.metrics import (
+            classification_metrics,
+            primary_metric_name,
+        )
 
         outputs, y = evaluate(model, self._step, split.batches(batch_size, shuffle_seed=None))
         metrics = classification_metrics(self.subtask, outputs.cpu(), y.cpu(), self.num_classes)

@@ -1,0 +1,2 @@
+"""Mars-Bench classification: backbones and heads, images and targets, feature cache,
+losses, metrics."""

@@ -1,0 +1,1 @@
+"""Mars-Bench detection: torchvision and ultralytics detectors, image/box data, mAP scoring."""
