@@ -41,6 +41,16 @@ class Protocol:
     feature_cache: bool  # whether a frozen backbone's features may be cached
     binary_single_logit: bool  # binary sets: one logit with BCE whatever the loss is named
     schedules: Schedules
+    dice_formula: str  # generalized Dice loss: "marsbench" (the reference's own) or "monai"
+    inputs: str  # "marsbench": the reference's sizes, ImageNet mean/std, resizing; "weights":
+    #              what each model's pretrained weights declare
+    classifier_heads: str  # "marsbench": heads as the reference builds them (SqueezeNet's
+    #                        conv head); "pooled": linear heads on pooled vectors (cacheable)
+    detection_inputs: str  # "marsbench": resized and ImageNet-normalised before the detector
+    #                        (which normalises again); "raw": [0, 1] images, detector normalises
+    precision: str  # on CUDA: "16-mixed" (autocast) or "32"; always float32 on the CPU
+    metrics: str  # "torchmetrics": as the reference computes them (MeanAveragePrecision's
+    #               float32 thresholds, F1 on raw logits); "exact": COCO's definition, sigmoid
 
     def record(self) -> dict[str, Any]:
         return asdict(self)
@@ -57,6 +67,12 @@ MARSBENCH = Protocol(
     # ReduceLROnPlateau(patience=5, factor=0.1)
     schedules=Schedules(cosine_t_max=100, cosine_eta_min=1e-6, step_size=10, step_gamma=0.1,
                         plateau_patience=5, plateau_factor=0.1),
+    dice_formula="marsbench",  # BaseSegmentationModel._initialize_criterion
+    inputs="marsbench",  # utils/transforms.py, configs/model/classification/*.yaml
+    classifier_heads="marsbench",  # models/classification/*.py
+    detection_inputs="marsbench",  # utils/transforms.py before the torchvision detectors
+    precision="16-mixed",  # configs/training/dev.yaml
+    metrics="torchmetrics",  # BaseClassificationModel, BaseDetectionModel
 )
 PROBE = Protocol(
     name="probe",
@@ -67,6 +83,12 @@ PROBE = Protocol(
     binary_single_logit=False,  # cross_entropy: two logits and softmax; bce: one logit
     schedules=Schedules(cosine_t_max=None, cosine_eta_min=0.0, step_size=None, step_gamma=0.1,
                         plateau_patience=None, plateau_factor=0.1),
+    dice_formula="monai",
+    inputs="weights",
+    classifier_heads="pooled",
+    detection_inputs="raw",
+    precision="32",
+    metrics="exact",
 )
 PROTOCOLS = {p.name: p for p in (MARSBENCH, PROBE)}
 
