@@ -13,11 +13,19 @@ if TYPE_CHECKING:  # torchvision (with torch._dynamo) loads only in jobs that de
 
 
 class RandomRot90(nn.Module):
-    """Rotate by k x 90 degrees, k uniform in 0..3 (albumentations' RandomRotate90)."""
+    """Rotate by k x 90 degrees, k uniform in 0..3 (albumentations' RandomRotate90: k = 0 is
+    one of the draws), every input of one call (an image and its mask) by the same k."""
 
-    def forward(self, image: Tensor) -> Tensor:
+    def forward(self, *inputs: Tensor) -> Tensor | tuple[Tensor, ...]:
+        from torchvision import tv_tensors
+
         k = int(torch.randint(0, 4, ()).item())
-        return torch.rot90(image, k, dims=(-2, -1))
+        # torch ops unwrap tv_tensors; wrap again so later v2 transforms still see a Mask
+        outputs = tuple(
+            tv_tensors.wrap(torch.rot90(x, k, dims=(-2, -1)), like=x)
+            if isinstance(x, tv_tensors.TVTensor) else torch.rot90(x, k, dims=(-2, -1))
+            for x in inputs)
+        return outputs if len(outputs) > 1 else outputs[0]
 
 
 def paper_augmentations() -> v2.Compose:
@@ -42,12 +50,20 @@ def paper_augmentations() -> v2.Compose:
     )
 
 
-def joint_augmentations() -> v2.Compose:
-    """Flips (p 0.5 each) and colour jitter (p 0.3), applied to an image and its mask or boxes."""
+def segmentation_augmentations() -> v2.Compose:
+    """The reference's segmentation augmentations: flips and a 90-degree rotation (p 0.5 each),
+    each applied to the image and its mask alike; no colour changes."""
     from torchvision.transforms import v2
 
     return v2.Compose([
         v2.RandomHorizontalFlip(0.5),
         v2.RandomVerticalFlip(0.5),
-        v2.RandomApply([v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2)], p=0.3),
+        v2.RandomApply([RandomRot90()], p=0.5),
     ])
+
+
+def detection_augmentations() -> v2.Compose:
+    """The reference's detection augmentations: flips (p 0.5 each), boxes moving with the image."""
+    from torchvision.transforms import v2
+
+    return v2.Compose([v2.RandomHorizontalFlip(0.5), v2.RandomVerticalFlip(0.5)])

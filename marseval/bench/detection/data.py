@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 from torchvision import tv_tensors
 
+from marseval.bench.augmentations import detection_augmentations
 from marseval.bench.square_images import SquareImages
 from marseval.errors import MarsevalError
 
@@ -18,6 +19,8 @@ class DetectionDataset(SquareImages):
 
     Detectors normalise inside, so images are not normalised here. `native_boxes` keeps the
     ground truth in the image's own pixels for scoring."""
+
+    augmentations = staticmethod(detection_augmentations)
 
     def native_boxes(self, index: int) -> dict[str, Tensor]:
         raw = self.frame["boxes"].iloc[index]

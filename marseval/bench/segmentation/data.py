@@ -15,6 +15,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from marseval.bench.augmentations import segmentation_augmentations
 from marseval.bench.square_images import SquareImages
 from marseval.errors import MarsevalError
 
@@ -33,6 +34,8 @@ def read_mask(path: Path) -> Tensor:
 
 class SegmentationDataset(SquareImages):
     """(normalised image (3, S, S), mask (S, S) int64) pairs."""
+
+    augmentations = staticmethod(segmentation_augmentations)
 
     def __init__(self, dataset_dir: Path, frame: pd.DataFrame, input_size: int,
                  mean: Sequence[float], std: Sequence[float], augment: bool = False) -> None:
