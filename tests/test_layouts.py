@@ -27,6 +27,7 @@ ALL_SUBTASKS = [
     "mb-surface_multi_label_cls",  # multi-label
     "mb-crater_binary_seg",  # binary segmentation
     "mb-crater_multi_seg",  # multi-class segmentation
+    "mb-mmls",  # segmentation, 7-band TIFFs in the Zenodo layout (bands 2, 1, 0 kept)
     "mb-boulder_det",  # detection
 ]
 

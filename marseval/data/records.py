@@ -61,6 +61,7 @@ class RawDataset:
     # upstream training subsets by our subset name ("fraction:0.01", "fewshot:5") -> image stems
     subsets: dict[str, list[str]] = field(default_factory=dict)
     layout: str = ""
+    notes: list[str] = field(default_factory=list)  # what the reader changed, for meta.json
 
 
 def fraction_key(fraction: float) -> str:

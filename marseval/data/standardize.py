@@ -21,7 +21,7 @@ from marseval.atomic import atomic_directory, atomic_write_json
 from marseval.data.layouts import read_raw
 from marseval.data.records import ImageRef, RawDataset, RawSample
 from marseval.data.subsets import make_subsets
-from marseval.data.validate import check_sample
+from marseval.data.validate import check_sample, mask_class_usage
 from marseval.errors import DataError
 from marseval.registry import SPLITS, DatasetSpec, get_dataset
 
@@ -87,6 +87,10 @@ def standardize(
             raise DataError(dataset, "split is empty", split=split, file=str(raw_dir))
     ids = assign_ids(raw.samples, dataset)
     infos = [check_sample(s, dataset, num_classes) for s in raw.samples]
+    usage = mask_class_usage(infos, len(classes)) if spec.task == "segmentation" else {}
+    if usage.get("absent_mask_classes"):
+        log.warning("%s: no mask holds class(es) %s of the %d declared", dataset,
+                    usage["absent_mask_classes"], len(classes))
 
     counts = {split: by_split[split] for split in SPLITS}
     mismatch = {
@@ -128,6 +132,9 @@ def standardize(
         "skipped_subsets": skipped,
         "upstream_subsets": sorted(upstream),
         "pairs": any(s.image_after is not None for s in raw.samples),
+        **usage,
+        "reference_num_classes": spec.reference_num_classes,  # where the reference differs
+        "reader_notes": raw.notes,
         "marseval_version": __version__,
     }
     with atomic_directory(out_dir) as tmp:

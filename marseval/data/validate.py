@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from marseval.data.multiband import TIFF_SUFFIXES, read_tiff
 from marseval.data.records import ImageRef, RawSample
 from marseval.errors import DataError
 
@@ -19,22 +20,16 @@ class ImageInfo:
     width: int
     height: int
     bands: int
+    mask_values: tuple[int, ...] = ()  # the class ids the sample's mask holds
 
 
 def _decode(ref: ImageRef) -> np.ndarray:
     data = ref.read()
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            return np.asarray(im)
-    except (UnidentifiedImageError, OSError, ValueError):
-        if ref.suffix not in (".tif", ".tiff"):
-            raise
-    # multi-band GeoTIFFs (MMLS has 7 bands) are beyond PIL
-    from rasterio.io import MemoryFile
-
-    with MemoryFile(data) as mem, mem.open() as src:
-        return np.moveaxis(src.read(), 0, -1)
+    if ref.suffix in TIFF_SUFFIXES:  # multi-band TIFFs (MMLS: 7 bands) are beyond PIL alone
+        return read_tiff(data)
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        return np.asarray(im)
 
 
 def read_image(ref: ImageRef, dataset: str, split: str, origin: str = "") -> np.ndarray:
@@ -72,7 +67,7 @@ def check_sample(sample: RawSample, dataset: str, num_classes: int | None) -> Im
     for label in sample.labels or []:
         _check_class(label, num_classes, dataset, split, sample)
     if sample.mask is not None:
-        _check_mask(sample, info, num_classes, dataset)
+        info = replace(info, mask_values=_check_mask(sample, info, num_classes, dataset))
     for box in sample.boxes or []:
         _check_box(box, info, num_classes, dataset, sample)
     return info
@@ -93,22 +88,47 @@ def _check_class(label: int, num_classes: int | None, dataset: str, split: str,
 
 
 def _check_mask(sample: RawSample, info: ImageInfo, num_classes: int | None,
-                dataset: str) -> None:
+                dataset: str) -> tuple[int, ...]:
+    """The class ids the mask holds, each checked against the dataset's class count."""
     split, ref = sample.split, sample.mask
+    where = _where(ref, sample.origin)
     mask = read_image(ref, dataset, split, sample.origin)
     if mask.ndim == 3:
         if not (mask == mask[..., :1]).all():
             raise DataError(dataset, "mask has differing colour channels; expected one class "
-                            "index per pixel", split=split, file=_where(ref, sample.origin))
+                            "index per pixel", split=split, file=where)
         mask = mask[..., 0]
     if mask.shape != (info.height, info.width):
         raise DataError(dataset, f"mask is {mask.shape[1]}x{mask.shape[0]} but its image "
                         f"{sample.image.name} is {info.width}x{info.height}", split=split,
-                        file=_where(ref, sample.origin))
-    top = int(mask.max()) if mask.size else 0
-    if num_classes is not None and top >= num_classes:
-        raise DataError(dataset, f"mask holds class {top}, outside the class list "
-                        f"(0..{num_classes - 1})", split=split, file=_where(ref, sample.origin))
+                        file=where)
+    values = mask_values(mask)
+    if values is None:
+        raise DataError(dataset, "mask holds negative or non-integer values; expected class "
+                        "ids 0, 1, ...", split=split, file=where)
+    if num_classes is not None and values and values[-1] >= num_classes:
+        raise DataError(dataset, f"mask holds class {values[-1]}, but {dataset} has "
+                        f"num_classes {num_classes} (ids 0..{num_classes - 1}; registry key "
+                        "`num_classes` in marseval/registry/datasets.yaml)", split=split,
+                        file=where)
+    return values
+
+
+def mask_values(mask: np.ndarray) -> tuple[int, ...] | None:
+    """Sorted distinct class ids of a mask, or None if one is negative or not an integer."""
+    if mask.dtype == np.uint8:
+        return tuple(int(v) for v in np.flatnonzero(np.bincount(mask.ravel(), minlength=1)))
+    values = np.unique(mask)
+    if values.size and (values[0] < 0 or not np.array_equal(values, np.round(values))):
+        return None
+    return tuple(int(v) for v in values)
+
+
+def mask_class_usage(infos: list[ImageInfo], num_classes: int) -> dict[str, list[int]]:
+    """Class ids the masks hold across all splits, and the declared ids none of them holds."""
+    seen = sorted({v for info in infos for v in info.mask_values})
+    return {"mask_values": seen,
+            "absent_mask_classes": sorted(set(range(num_classes)) - set(seen))}
 
 
 def _check_box(box: list[float], info: ImageInfo, num_classes: int | None, dataset: str,

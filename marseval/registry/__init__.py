@@ -46,6 +46,8 @@ class DatasetSpec:
     instrument: str | None = None
     description: str | None = None
     pairs: bool = False  # change detection: each sample is a before/after image pair
+    keep_bands: tuple[int, ...] | None = None  # multi-band TIFFs: bands that become RGB
+    reference_num_classes: int | None = None  # the reference config's, where it differs
 
     @property
     def num_classes(self) -> int | None:
@@ -79,6 +81,8 @@ def _spec(name: str, entry: dict[str, Any]) -> DatasetSpec:
         instrument=entry.get("instrument"),
         description=entry.get("description"),
         pairs=name.startswith("mb-change_cls"),
+        keep_bands=tuple(int(b) for b in entry["keep_bands"]) if entry.get("keep_bands") else None,
+        reference_num_classes=entry.get("reference_num_classes"),
     )
 
 

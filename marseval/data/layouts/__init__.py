@@ -18,5 +18,5 @@ def read_raw(root: Path, spec: DatasetSpec, detection_format: str | None = None)
     from marseval.data.layouts import huggingface, zenodo
 
     if detect_layout(root) == "huggingface":
-        return huggingface.read(root, spec)
+        return huggingface.read(root, spec, detection_format=detection_format)
     return zenodo.read(root, spec, detection_format=detection_format)

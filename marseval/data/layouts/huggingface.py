@@ -4,7 +4,9 @@ Shards are `data/<split>-NNNNN-of-NNNNN.parquet` (or `<config>/<split>/NNNN.parq
 train, val, test plus the upstream subsets `partition_train_<p>x_partition` (detection:
 `<p>x_partition`) and `few_shot_train_<k>_shot`. Columns: `image` (an HF Image struct
 {bytes, path}) with `label` (int; multi-label: list of ints or its literal), `mask` (Image), or
-one of `yolo_annotation`, `coco_annotation`, `pascal_voc_annotation` (structs or JSON strings).
+some of `pascal_voc_annotation`, `coco_annotation`, `yolo_annotation` (structs or JSON strings):
+boxes come from the first of these the shard has (`common.DETECTION_FORMATS`), or from the one
+asked for.
 """
 
 from __future__ import annotations
@@ -19,13 +21,18 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from marseval.data.layouts.common import MAIN_SPLITS, read_mapping, subset_key
+from marseval.data.layouts.common import (
+    DETECTION_FORMATS,
+    MAIN_SPLITS,
+    read_mapping,
+    subset_key,
+    voc_class,
+)
 from marseval.data.records import ImageRef, RawDataset, RawSample
 from marseval.errors import DataError
 from marseval.registry import DatasetSpec
 
 SHARD = re.compile(r"^(?P<split>.+?)-\d{5}-of-\d{5}$")
-BOX_COLUMNS = ("coco_annotation", "yolo_annotation", "pascal_voc_annotation")
 
 
 def split_of(path: Path) -> str:
@@ -35,7 +42,7 @@ def split_of(path: Path) -> str:
     return path.parent.name
 
 
-def read(root: Path, spec: DatasetSpec) -> RawDataset:
+def read(root: Path, spec: DatasetSpec, detection_format: str | None = None) -> RawDataset:
     shards: dict[str, list[Path]] = defaultdict(list)
     for path in sorted(root.rglob("*.parquet")):
         shards[split_of(path)].append(path)
@@ -43,7 +50,7 @@ def read(root: Path, spec: DatasetSpec) -> RawDataset:
     samples: list[RawSample] = []
     extra: dict[str, list[RawSample]] = {}
     for split, paths in shards.items():
-        rows, names = _rows(paths, spec, split)
+        rows, names = _rows(paths, spec, split, detection_format)
         classes = classes or names
         if split in MAIN_SPLITS:
             samples.extend(rows)
@@ -72,8 +79,8 @@ def _image(cell: Any, fallback: str, dataset: str, split: str, where: str) -> Im
     raise DataError(dataset, "image cell holds no encoded bytes", split=split, file=where)
 
 
-def _rows(paths: list[Path], spec: DatasetSpec,
-          split: str) -> tuple[list[RawSample], list[str] | None]:
+def _rows(paths: list[Path], spec: DatasetSpec, split: str,
+          detection_format: str | None = None) -> tuple[list[RawSample], list[str] | None]:
     samples, names = [], None
     main = MAIN_SPLITS.get(split, "train")
     for path in paths:
@@ -87,6 +94,8 @@ def _rows(paths: list[Path], spec: DatasetSpec,
         if "image" not in columns:
             raise DataError(spec.name, f"no 'image' column (columns: {sorted(columns)})",
                             split=split, file=str(path))
+        box_column = (_box_column(columns, detection_format, spec, split, path)
+                      if spec.task == "detection" else None)
         for index, row in enumerate(table.to_pylist()):
             where = f"{path}#row{index}"
             fallback = f"{split}-{path.stem}-{index:06d}.png"
@@ -102,7 +111,7 @@ def _rows(paths: list[Path], spec: DatasetSpec,
                     raise DataError(spec.name, "no 'mask' column", split=split, file=str(path))
                 sample.mask = _image(row["mask"], "mask-" + fallback, spec.name, split, where)
             elif spec.task == "detection":
-                sample.boxes = _boxes(row, spec, split, where)
+                sample.boxes = _boxes(row, box_column, spec, split, where)
             samples.append(sample)
     return samples, names
 
@@ -124,12 +133,20 @@ def _set_label(sample: RawSample, row: dict, spec: DatasetSpec, split: str, wher
                         file=where) from None
 
 
-def _boxes(row: dict, spec: DatasetSpec, split: str, where: str) -> list[list[float]]:
-    """Pixel boxes from whichever annotation column the row has (COCO preferred)."""
-    column = next((c for c in BOX_COLUMNS if c in row), None)
+def _box_column(columns: set[str], preferred: str | None, spec: DatasetSpec, split: str,
+                path: Path) -> str:
+    """The annotation column boxes are read from: the one asked for, else the first present."""
+    wanted = [f"{fmt}_annotation" for fmt in ([preferred] if preferred else DETECTION_FORMATS)]
+    column = next((c for c in wanted if c in columns), None)
     if column is None:
-        raise DataError(spec.name, f"no box column (one of {BOX_COLUMNS})", split=split,
-                        file=where)
+        raise DataError(spec.name, f"no box column (one of {wanted}; columns: "
+                        f"{sorted(columns)})", split=split, file=str(path))
+    return column
+
+
+def _boxes(row: dict, column: str, spec: DatasetSpec, split: str,
+           where: str) -> list[list[float]]:
+    """Pixel boxes `[x1, y1, x2, y2, class]` (class 0-based) from one annotation column."""
     cell = row[column]
     if not cell:
         return []  # an image with no objects
@@ -149,7 +166,7 @@ def _boxes(row: dict, spec: DatasetSpec, split: str, where: str) -> list[list[fl
         objects = cell.get("objects", cell)
         classes = spec.class_names()
         return [[b["xmin"], b["ymin"], b["xmax"], b["ymax"],
-                 classes.index(n) if n in classes else 0]
+                 voc_class(str(n).strip(), classes, spec.name, split, where)]
                 for b, n in zip(objects["bbox"], objects["name"], strict=True)]
     except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
         raise DataError(spec.name, f"malformed {column} ({type(exc).__name__}: {exc})",

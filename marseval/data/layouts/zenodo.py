@@ -4,9 +4,10 @@ classification  annotation.csv (file_id, feature_name, label, split);
                 images at data/<split>/<feature_name>/<file_id>
                 (multi-label: data/<split>/<file_id>; change detection: the row names the
                 "before" image, "after" is the same path with "before" replaced by "after")
-segmentation    data/<split>/images/ and data/<split>/masks/, paired by file stem
-detection       data/<split>/images/ with labels/<stem>.txt (YOLO), coco_annotations.json,
-                pascal_voc/<stem>.xml
+segmentation    data/<split>/images/ and data/<split>/masks/, paired by file stem (MMLS:
+                Image<x>/Mask<x>); multi-band TIFF images keep the registry's `keep_bands`
+detection       data/<split>/images/ with pascal_voc/<stem>.xml, coco_annotations.json,
+                labels/<stem>.txt (YOLO): the first present, or the one asked for
 optional        mapping.json, partitions/<p>x_partition.csv, few_shot/<k>_shot.csv
 """
 
@@ -18,14 +19,19 @@ from pathlib import Path
 import pandas as pd
 
 from marseval.data import annotations as ann
-from marseval.data.layouts.common import read_mapping, subset_key
+from marseval.data import multiband
+from marseval.data.layouts.common import (
+    DETECTION_FORMATS,
+    read_mapping,
+    subset_key,
+    voc_class,
+)
 from marseval.data.records import ImageRef, RawDataset, RawSample
 from marseval.errors import DataError
 from marseval.registry import SPLITS, DatasetSpec
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
 ANNOTATION_COLUMNS = ("file_id", "label", "split")
-DETECTION_FORMATS = ("coco", "yolo", "pascal_voc")
 
 
 def find_root(path: Path, dataset: str) -> Path:
@@ -47,17 +53,18 @@ def find_root(path: Path, dataset: str) -> Path:
 def read(path: Path, spec: DatasetSpec, detection_format: str | None = None) -> RawDataset:
     root = find_root(path, spec.name)
     classes = read_mapping(root / "mapping.json", spec.name)
+    notes: list[str] = []
     if spec.task == "classification":
         samples = _classification(root, spec)
     elif spec.task == "segmentation":
-        samples = _segmentation(root, spec)
+        samples, notes = _segmentation(root, spec)
     elif spec.task == "detection":
         samples, coco_classes = _detection(root, spec, detection_format)
         classes = classes or coco_classes
     else:
         raise DataError(spec.name, f"task {spec.task!r} has no Zenodo layout reader")
     return RawDataset(samples, classes=classes, subsets=_subsets(root, spec.name),
-                      layout="zenodo")
+                      layout="zenodo", notes=notes)
 
 
 def _read_csv(path: Path, dataset: str, required: tuple[str, ...]) -> pd.DataFrame:
@@ -126,15 +133,27 @@ def _images(folder: Path) -> list[Path]:
 
 
 def _pair_key(path: Path) -> str:
-    # MMLS names its pairs Image<id>.tif / Mask<id>.tif
+    # MMLS names its pairs Image<x>.tif / Mask<x>.tif (Image_patch_10_1 / Mask_patch_10_1)
     stem = path.stem
     for prefix in ("Image", "Mask"):
-        if stem.startswith(prefix) and stem[len(prefix):].isdigit():
+        if stem.startswith(prefix) and len(stem) > len(prefix):
             return stem[len(prefix):]
     return stem
 
 
-def _segmentation(root: Path, spec: DatasetSpec) -> list[RawSample]:
+def _segmentation_image(path: Path, spec: DatasetSpec, split: str) -> ImageRef:
+    """The image file, or for a multi-band TIFF the registry's `keep_bands` as an RGB PNG."""
+    if spec.keep_bands is None or path.suffix.lower() not in multiband.TIFF_SUFFIXES:
+        return ImageRef(path.name, path=path)
+    try:
+        png = multiband.rgb_png(path.read_bytes(), spec.keep_bands)
+    except Exception as exc:  # PIL, rasterio and the band checks raise many types
+        raise DataError(spec.name, f"cannot keep bands {list(spec.keep_bands)} of this TIFF "
+                        f"({exc})", split=split, file=str(path)) from None
+    return ImageRef(f"{path.stem}.png", data=png)
+
+
+def _segmentation(root: Path, spec: DatasetSpec) -> tuple[list[RawSample], list[str]]:
     samples = []
     for split in SPLITS:
         folder = root / "data" / split
@@ -144,9 +163,12 @@ def _segmentation(root: Path, spec: DatasetSpec) -> list[RawSample]:
             if mask is None:
                 raise DataError(spec.name, "image has no mask in masks/", split=split,
                                 file=str(image))
-            samples.append(RawSample(split=split, image=ImageRef(image.name, path=image),
+            samples.append(RawSample(split=split, image=_segmentation_image(image, spec, split),
                                      mask=ImageRef(mask.name, path=mask), origin=str(image)))
-    return samples
+    converted = sum(s.image.path is None for s in samples)
+    notes = [f"{converted} multi-band TIFF image(s): bands {list(spec.keep_bands or ())} kept "
+             "as 8-bit RGB PNG (float [0, 1] x 255)"] if converted else []
+    return samples, notes
 
 
 def _detection_format(folder: Path, preferred: str | None) -> str | None:
@@ -213,19 +235,10 @@ def _detection(root: Path, spec: DatasetSpec,
                     except ann.AnnotationError as exc:
                         raise DataError(spec.name, str(exc), split=split, file=origin) from None
                     for box, name in zip(boxes, names, strict=True):
-                        box[4] = _voc_class(name, classes, spec.name, split, origin)
+                        box[4] = voc_class(name, classes, spec.name, split, origin)
             samples.append(RawSample(split=split, image=ImageRef(image.name, path=image),
                                      boxes=boxes, origin=origin))
     return samples, coco_classes
-
-
-def _voc_class(name: str, classes: list[str], dataset: str, split: str, origin: str) -> int:
-    if name in classes:
-        return classes.index(name)
-    if len(classes) == 1:  # single-class sets name their objects freely ("Boulder", "boulder")
-        return 0
-    raise DataError(dataset, f"object class {name!r} is not one of {classes}", split=split,
-                    file=origin)
 
 
 def _subsets(root: Path, dataset: str) -> dict[str, list[str]]:

@@ -10,12 +10,14 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
 from marseval.data import annotations as ann
+from marseval.data.multiband import embed_bands, write_series_tiff
 from marseval.data.records import RawDataset, RawSample
 from marseval.registry import SPLITS, DatasetSpec
 
@@ -48,14 +50,25 @@ def write_zenodo(raw: RawDataset, spec: DatasetSpec, dest: Path) -> None:
         _zenodo_classification(raw, spec, dest, classes)
     elif spec.task == "segmentation":
         for s in raw.samples:
-            for folder, ref in (("images", s.image), ("masks", s.mask)):
-                path = dest / "data" / s.split / folder / ref.name
+            for folder, (name, data) in (("images", _zenodo_image(s, spec)),
+                                         ("masks", (s.mask.name, s.mask.read()))):
+                path = dest / "data" / s.split / folder / name
                 path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(ref.read())
+                path.write_bytes(data)
         _zenodo_subsets(raw, spec, dest, lambda s: {"file_id": s.image.name, "split": s.split})
     else:
         _zenodo_detection(raw, dest, classes)
         _zenodo_subsets(raw, spec, dest, lambda s: {"file_id": s.image.name, "split": s.split})
+
+
+def _zenodo_image(s: RawSample, spec: DatasetSpec) -> tuple[str, bytes]:
+    """File name and bytes; a multi-band TIFF holding the image at `keep_bands` (MMLS)."""
+    if spec.keep_bands is None:
+        return s.image.name, s.image.read()
+    with Image.open(io.BytesIO(s.image.read())) as im:
+        rgb = np.asarray(im)
+    total = max(spec.bands or 0, max(spec.keep_bands) + 1)
+    return f"{s.stem}.tif", write_series_tiff(embed_bands(rgb, spec.keep_bands, total))
 
 
 def _classification_row(s: RawSample, spec: DatasetSpec, classes: list[str]) -> dict:
