@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from marseval.bench.precision import MixedPrecision
 from marseval.bench.protocol import Protocol, get_protocol
 from marseval.bench.samples import load_samples, split_frame
 from marseval.bench.training import FitResult, HParams, LossFn, fit
@@ -147,6 +149,10 @@ class Experiment(ABC):
     def score(self, model: nn.Module, split: Split) -> dict[str, Any]:
         """Test metrics; "metric" names the paper's metric and "primary" holds its value."""
 
+    def autocast(self, model: nn.Module) -> AbstractContextManager[None]:
+        """The protocol's mixed precision around a scoring forward pass."""
+        return MixedPrecision.for_model(self.setup.rules.precision, model).autocast()
+
     def _step(self, model: nn.Module, batch: Any) -> tuple[Any, Any]:
         inputs, targets = batch
         return model(to_device(inputs, self.device)), to_device(targets, self.device)
@@ -164,7 +170,8 @@ class Experiment(ABC):
             lambda: val.batches(hp.batch_size, shuffle_seed=None),
             self.loss_fn(hp), hp,
             checkpoint=checkpoint, selection=self.setup.selection, progress=progress,
-            frozen=self.setup.rules.frozen_backbone, schedules=self.setup.rules.schedules)
+            frozen=self.setup.rules.frozen_backbone, schedules=self.setup.rules.schedules,
+            precision=self.setup.rules.precision)
         model.load_state_dict(result.best_state, strict=False)
         return model, result
 

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from marseval.atomic import atomic_writer
 from marseval.bench.losses import ALL_LOSSES
+from marseval.bench.precision import MixedPrecision, as_float32
 from marseval.bench.protocol import FROZEN_MODES, PROBE, Schedules
 from marseval.errors import MarsevalError
 
@@ -46,7 +47,7 @@ SGD_MOMENTUM = 0.9
 AUX_LOSS_WEIGHT = 0.4  # InceptionV3 auxiliary logits, as in the paper's code
 STEP_DIVISIONS = 3  # probe protocol: StepLR every max_epochs // 3 epochs (at least 1)
 
-_CHECKPOINT_VERSION = 1
+_CHECKPOINT_VERSION = 2  # 2: the loss scaler of mixed precision
 
 Outputs = Tensor | Mapping[str, Tensor]
 Step = Callable[[nn.Module, Any], tuple[Outputs, Tensor]]
@@ -225,18 +226,23 @@ def training_loss(loss_fn: LossFn, outputs: Outputs, targets: Tensor) -> Tensor:
     return loss_fn(outputs, targets)
 
 
-def validation_loss(model: nn.Module, step: Step, batches: Iterable, loss_fn: LossFn) -> float:
+def validation_loss(model: nn.Module, step: Step, batches: Iterable, loss_fn: LossFn,
+                    precision: str = "32") -> float:
     """The sample-weighted mean of per-batch losses in eval mode (no gradients).
 
     Per batch rather than on concatenated outputs, so segmentation logits of a whole split
-    never sit in memory at once; for mean-reduced losses the two agree."""
+    never sit in memory at once; for mean-reduced losses the two agree. The steps run under
+    `precision`'s autocast, as Lightning's validation steps do."""
     model.eval()
+    amp = MixedPrecision.for_model(precision, model)
     total, count = None, 0
     with torch.no_grad():
         for batch in batches:
-            outputs, targets = step(model, batch)
+            with amp.autocast():
+                outputs, targets = step(model, batch)
+                loss = loss_fn(_main(outputs), targets)
             n = len(targets)
-            weighted = loss_fn(_main(outputs), targets).detach().double() * n
+            weighted = loss.detach().double() * n
             total = weighted if total is None else total + weighted
             count += n
     if total is None:
@@ -244,25 +250,29 @@ def validation_loss(model: nn.Module, step: Step, batches: Iterable, loss_fn: Lo
     return float(total.item()) / count
 
 
-def _collect(model: nn.Module, step: Step, batches: Iterable) -> tuple[Tensor, Tensor]:
-    """Main outputs and targets of all batches, concatenated on the model's device."""
+def _collect(model: nn.Module, step: Step, batches: Iterable,
+             precision: str = "32") -> tuple[Tensor, Tensor]:
+    """Main outputs (float32) and targets of all batches, concatenated on the model's device."""
     model.eval()
+    amp = MixedPrecision.for_model(precision, model)
     outputs, targets = [], []
     with torch.no_grad():
         for batch in batches:
-            out, y = step(model, batch)
-            outputs.append(_main(out))
+            with amp.autocast():
+                out, y = step(model, batch)
+            outputs.append(as_float32(_main(out)))
             targets.append(y)
     if not outputs:
         raise MarsevalError("evaluation got no batches")
     return torch.cat(outputs), torch.cat(targets)
 
 
-def evaluate(model: nn.Module, step: Step, batches: Iterable) -> tuple[Tensor, Tensor]:
+def evaluate(model: nn.Module, step: Step, batches: Iterable,
+             precision: str = "32") -> tuple[Tensor, Tensor]:
     """(outputs, targets) over `batches` in eval mode without gradients, on the CPU.
 
-    Dict outputs contribute their "main" entry."""
-    outputs, targets = _collect(model, step, batches)
+    Dict outputs contribute their "main" entry; the steps run under `precision`'s autocast."""
+    outputs, targets = _collect(model, step, batches, precision)
     return outputs.cpu(), targets.cpu()
 
 
@@ -273,17 +283,18 @@ def _train_epoch(
     loss_fn: LossFn,
     optimizer: torch.optim.Optimizer,
     epoch: int,
-    frozen: str = "eval",
+    frozen: str,
+    amp: MixedPrecision,
 ) -> float:
     """One pass over the training batches; the sample-weighted mean training loss."""
     train_mode(model, frozen)
     total, count = None, 0
     for batch in batches:
-        outputs, targets = step(model, batch)
-        loss = training_loss(loss_fn, outputs, targets)
+        with amp.autocast():  # forward and loss, as Lightning's training_step
+            outputs, targets = step(model, batch)
+            loss = training_loss(loss_fn, outputs, targets)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        amp.backward_and_step(loss, optimizer)
         n = len(targets)
         # accumulate on the device: one host sync per epoch, not per batch
         weighted = loss.detach().double() * n
@@ -362,6 +373,7 @@ _CHECKPOINT_KEYS = {
     "history",
     "seconds",
     "rng",
+    "scaler",
 }
 
 
@@ -414,6 +426,7 @@ def _resume(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: Any | None,
+    amp: MixedPrecision,
 ) -> _Progress | None:
     """Restore model, optimizer, scheduler and RNG from a checkpoint; None if there is none.
 
@@ -427,6 +440,7 @@ def _resume(
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
+        amp.load_state_dict(state["scaler"])
         progress = _Progress(
             epoch=int(state["epoch"]),
             finished=bool(state["finished"]),
@@ -455,6 +469,7 @@ def _checkpoint(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: Any | None,
+    amp: MixedPrecision,
 ) -> None:
     state = {
         "version": _CHECKPOINT_VERSION,
@@ -463,6 +478,7 @@ def _checkpoint(
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "rng": _rng_state(),
+        "scaler": amp.state_dict(),
         **asdict(progress),
     }
     _save_atomic(state, path)
@@ -482,6 +498,7 @@ def fit(
     min_delta: float = 0.01,
     frozen: str = "eval",
     schedules: Schedules = PROBE.schedules,
+    precision: str = "32",
 ) -> FitResult:
     """Train the parameters of `model` that require gradients; early stopping on validation loss.
 
@@ -496,8 +513,8 @@ def fit(
     With `checkpoint`, the state is written after every epoch and a later call with the same
     path, hyperparameters and settings resumes from it (an unreadable or mismatched one is
     deleted with a warning). The file is kept; the caller removes it once its result is stored.
-    `progress` labels a per-epoch tqdm bar on stderr. `frozen` and `schedules` come from the
-    protocol (`train_mode`, `make_scheduler`).
+    `progress` labels a per-epoch tqdm bar on stderr. `frozen`, `schedules` and `precision`
+    come from the protocol (`train_mode`, `make_scheduler`, `MixedPrecision`).
     """
     if selection not in SELECTIONS:
         raise MarsevalError(f"selection must be one of {SELECTIONS}, got {selection!r}")
@@ -505,16 +522,18 @@ def fit(
         raise MarsevalError(f"min_delta must be >= 0, got {min_delta}")
     started = time.perf_counter()
     settings = {"hparams": asdict(hp), "selection": selection, "min_delta": float(min_delta),
-                "frozen": frozen, "schedules": asdict(schedules)}
+                "frozen": frozen, "schedules": asdict(schedules), "precision": precision}
+    amp = MixedPrecision.for_model(precision, model)
     optimizer = make_optimizer(model.parameters(), hp)
     scheduler = make_scheduler(optimizer, hp, schedules)
     checkpoint = Path(checkpoint) if checkpoint is not None else None
     state = None
     if checkpoint is not None:
-        state = _resume(checkpoint, settings, model, optimizer, scheduler)
-        if state is None:  # a failed resume may have half-loaded them: start both afresh
+        state = _resume(checkpoint, settings, model, optimizer, scheduler, amp)
+        if state is None:  # a failed resume may have half-loaded them: start them afresh
             optimizer = make_optimizer(model.parameters(), hp)
             scheduler = make_scheduler(optimizer, hp, schedules)
+            amp = MixedPrecision.for_model(precision, model)
     state = state or _Progress()
     previous_seconds = state.seconds
 
@@ -533,8 +552,8 @@ def fit(
             epoch = state.epoch
             lr = float(optimizer.param_groups[0]["lr"])
             train_loss = _train_epoch(model, step, train_batches(epoch), loss_fn, optimizer, epoch,
-                                      frozen)
-            val_loss = validation_loss(model, step, val_batches(), loss_fn)
+                                      frozen, amp)
+            val_loss = validation_loss(model, step, val_batches(), loss_fn, precision)
             state.history.append(
                 {"epoch": epoch, "lr": lr, "train_loss": train_loss, "val_loss": val_loss}
             )
@@ -556,7 +575,7 @@ def fit(
                 scheduler.step()
             state.seconds = previous_seconds + time.perf_counter() - started
             if checkpoint is not None:
-                _checkpoint(checkpoint, settings, state, model, optimizer, scheduler)
+                _checkpoint(checkpoint, settings, state, model, optimizer, scheduler, amp)
             log.debug("epoch %d: train loss %.6g, val loss %.6g", epoch, train_loss, val_loss)
             bar.update(1)
             bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}", refresh=False)

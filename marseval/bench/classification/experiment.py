@@ -105,8 +105,11 @@ class ClassificationExperiment(Experiment):
             primary_metric_name,
         )
 
-        outputs, y = evaluate(model, self._step, split.batches(batch_size, shuffle_seed=None))
-        metrics = classification_metrics(self.subtask, outputs.cpu(), y.cpu(), self.num_classes)
+        outputs, y = evaluate(model, self._step, split.batches(batch_size, shuffle_seed=None),
+                              self.setup.rules.precision)
+        # "torchmetrics" decides logits vs probabilities per batch: these batches, in test order
+        metrics = classification_metrics(self.subtask, outputs.cpu(), y.cpu(), self.num_classes,
+                                         self.setup.rules.metrics, batch_size)
         # the paper's metric under a task-independent key, for tables and selection
         metrics["metric"] = primary_metric_name(self.subtask)
         metrics["primary"] = metrics["f1"]

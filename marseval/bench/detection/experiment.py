@@ -3,8 +3,9 @@
 Every detector computes its own training loss (torchvision's loss dict, ultralytics'
 v8DetectionLoss); the training step hands that scalar to the loop as the model's output, and
 the loss function passes it through. Predictions are scaled back to each image's own pixels
-and scored by one COCO evaluator for all detectors (`detection.metrics.coco_metrics`), never by a
-library's own validator.
+and scored by one COCO evaluator for all detectors (`detection.metrics.detection_metrics`: COCO's
+definition, or torchmetrics' as the reference, per `Protocol.metrics`), never by a library's own
+validator.
 
 Images without boxes stay in as negatives; `Setup.drop_empty=True` drops them from every
 split, as the Mars-Bench reference code does.
@@ -22,10 +23,11 @@ from marseval.bench.detection.data import (
     collate_detection,
     drop_images_without_boxes,
 )
-from marseval.bench.detection.metrics import coco_metrics
+from marseval.bench.detection.metrics import detection_metrics
 from marseval.bench.detection.models import Detector, build_detector
 from marseval.bench.experiment import Experiment, Setup, Split, to_device
 from marseval.bench.losses import DETECTION_LOSSES
+from marseval.bench.precision import as_float32
 from marseval.bench.training import HParams, LossFn, seed_everything
 from marseval.errors import MarsevalError
 
@@ -80,14 +82,17 @@ class DetectionExperiment(Experiment):
         model.eval()
         with torch.no_grad():
             for images, _ in split.batches(batch_size, shuffle_seed=None):
-                for found in model.predict(to_device(images, self.device)):
+                with self.autocast(model):
+                    found_in_batch = model.predict(to_device(images, self.device))
+                for found in as_float32(found_in_batch):
                     index = len(predictions)
                     sx, sy = dataset.scale(index)
                     boxes = found["boxes"].cpu() / torch.tensor([sx, sy, sx, sy])
                     predictions.append({"boxes": boxes, "scores": found["scores"].cpu(),
                                         "labels": found["labels"].cpu()})
                     truths.append(dataset.native_boxes(index))
-        metrics = coco_metrics(predictions, truths, self.num_classes)
+        metrics = detection_metrics(predictions, truths, self.num_classes,
+                                    self.setup.rules.metrics)
         metrics["metric"] = PRIMARY_METRIC
         metrics["primary"] = metrics[PRIMARY_METRIC]
         return metrics

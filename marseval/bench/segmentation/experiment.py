@@ -53,7 +53,8 @@ class SegmentationExperiment(Experiment):
         return self._build(seed).module.to(self.device)
 
     def loss_fn(self, hp: HParams) -> LossFn:
-        return segmentation_loss(hp.loss, self.num_classes).to(self.device)
+        return segmentation_loss(hp.loss, self.num_classes,
+                                 self.setup.rules.dice_formula).to(self.device)
 
     def score(self, model: nn.Module, split: Split, batch_size: int = 16) -> dict[str, Any]:
         scorer = SegmentationScorer(self.num_classes)
@@ -62,7 +63,9 @@ class SegmentationExperiment(Experiment):
         position = 0
         with torch.no_grad():
             for images, masks in split.batches(batch_size, shuffle_seed=None):
-                logits = model(to_device(images, self.device))
+                with self.autocast(model):
+                    logits = model(to_device(images, self.device))
+                logits = logits.float()
                 if not native:
                     scorer.update(logits.argmax(1).cpu(), masks)
                     continue
