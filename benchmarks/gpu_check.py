@@ -183,6 +183,17 @@ def build_config(device: str, size: Size, models: dict[str, str], work: Path) ->
     return config
 
 
+def reference_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The same config in the Mars-Bench reference protocol (bench.protocol: marsbench): train
+    mode, augmentation, last epoch, 16-mixed on CUDA, no feature cache, the paper's linear
+    head."""
+    reference = json.loads(json.dumps(config))
+    reference["bench"].update(protocol="marsbench", head="linear", feature_cache=None,
+                              augment=None, selection=None)
+    wf.check_config(reference)
+    return reference
+
+
 def child_env(device: str, work: Path) -> dict[str, str]:
     """The environment of every job: this checkout first, offline, ultralytics' settings in
     the work folder; a CPU run hides every GPU so no CUDA path can run by accident."""
@@ -392,9 +403,9 @@ def features_step(check: Check) -> dict[str, Any]:
                    "(features records no timing of its own)")}
 
 
-def _bench_args(check: Check, task: str) -> list[str]:
+def _bench_args(check: Check, task: str, config: dict[str, Any] | None = None) -> list[str]:
     data = ["--dataset-dir", str(check.data(task)), "--model", check.models[task]]
-    if wf.uses_feature_cache(check.config, task):
+    if wf.uses_feature_cache(config or check.config, task):
         data += ["--features", str(check.out("features", task))]
     return data
 
@@ -432,22 +443,31 @@ def _fit_basis(check: Check, task: str, command: str) -> str:
             "records")
 
 
-def train_step(task: str) -> Callable[[Check], dict[str, Any]]:
-    """The final run: the selected settings, seed 0, the default partition, tested."""
+def train_step(task: str, protocol: str = "probe") -> Callable[[Check], dict[str, Any]]:
+    """The final run: the selected settings, seed 0, the default partition, tested; with
+    protocol "marsbench" the same run in the reference protocol (its own output folder)."""
 
     def action(check: Check) -> dict[str, Any]:
+        config = check.config if protocol == "probe" else reference_config(check.config)
         tune_dir = check.out("tune", task)
-        out = check.out("runs", task) / "default" / "seed0.json"
-        argv = ["train", *_bench_args(check, task), "--best", str(tune_dir / "best.json"),
-                "--partition", "default", "--seeds", "0",
-                *shlex.split(wf.setup_flags(check.config, task)), "--out", str(out)]
-        job = run_marseval(check, f"train:{task}", argv)
+        suffix = "" if protocol == "probe" else f"-{protocol}"
+        out = check.out("runs", task, suffix) / "default" / "seed0.json"
+        argv = ["train", *_bench_args(check, task, config),
+                "--best", str(tune_dir / "best.json"), "--partition", "default", "--seeds", "0",
+                *shlex.split(wf.setup_flags(config, task)), "--out", str(out)]
+        name = f"train:{task}" if protocol == "probe" else f"train-{protocol}:{task}"
+        job = run_marseval(check, name, argv)
         record = json.loads(out.read_text())
         expect_device(check, record["device"], f"the run record {out}")
+        if record["protocol"]["name"] != config["bench"]["protocol"]:
+            raise StepFailed(f"{out} records protocol {record['protocol']['name']!r}, "
+                             f"not {config['bench']['protocol']!r}")
         images = record["epochs_run"] * (record["n_train"] + check.splits(task)["val"])
         # fit seconds only: the record's test_seconds also holds its versions() imports
         return {"model": check.models[task], **job.fields(), "device": record["device"],
                 "epochs": record["epochs_run"],
+                "protocol": record["protocol"]["name"],
+                "precision": record["protocol"].get("precision"),
                 "test": {"metric": record["test"]["metric"], "value": record["test"]["primary"]},
                 **rate(images, record["timing"]["fit_seconds"],
                        _fit_basis(check, task, "train"))}
@@ -672,7 +692,9 @@ def steps() -> list[Step]:
     for task in ("classification", "segmentation", "detection"):
         first = "features:classification" if task == "classification" else f"data:{task}"
         listed += [Step(f"tune:{task}", task, (first,), tune_step(task)),
-                   Step(f"train:{task}", task, (f"tune:{task}",), train_step(task))]
+                   Step(f"train:{task}", task, (f"tune:{task}",), train_step(task)),
+                   Step(f"train-marsbench:{task}", task, (f"tune:{task}",),
+                        train_step(task, "marsbench"))]
     listed += [
         Step("embed:retrieval", "retrieval", ("data:retrieval",), embed_step),
         Step("index:retrieval", "retrieval", ("embed:retrieval",), index_step),

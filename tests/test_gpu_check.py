@@ -17,9 +17,10 @@ import pytest
 from conftest import REPO, guarded_env
 
 SCRIPT = REPO / "benchmarks" / "gpu_check.py"
+TASKS = ("classification", "segmentation", "detection")
 MODEL_STEPS = ("features:classification", "tune:classification", "train:classification",
                "tune:segmentation", "train:segmentation", "tune:detection", "train:detection",
-               "embed:retrieval")
+               *(f"train-marsbench:{task}" for task in TASKS), "embed:retrieval")
 
 
 @functools.cache
@@ -49,7 +50,7 @@ def _check(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, dic
 def cpu_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess,
                                                                dict, Path]:
     # Over 30 s (this file: 3.5 min on the 2-core machine while another test run shared it):
-    # the check is 11 marseval jobs, each its own Python process as in the workflow, and
+    # the check is 14 marseval jobs, each its own Python process as in the workflow, and
     # each spends 5 to 8 s of CPU importing torch, torchvision, timm and torchmetrics (with
     # transformers) before a second or two of tiny-size work. --jobs 2 runs the four task
     # chains side by side on the two cores.
@@ -90,6 +91,12 @@ def test_the_commands_are_the_rules_commands(cpu_run) -> None:
     assert "--features " in tune and "--head batchnorm_linear" in tune
     assert select.startswith("python -m marseval select ")
     assert "--input-size 64" in steps["train:detection"]["command"]
+    for task in TASKS:  # the same final run in the reference protocol: online, no cache
+        reference = steps[f"train-marsbench:{task}"]
+        assert "--protocol marsbench" in reference["command"], task
+        assert "--features" not in reference["command"], task
+        assert (reference["protocol"], reference["precision"]) == ("marsbench", "16-mixed")
+        assert steps[f"train:{task}"]["protocol"] == "probe"
 
 
 def test_slots_go_to_distinct_fake_devices_and_a_third_claimer_waits(cpu_run) -> None:
