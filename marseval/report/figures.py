@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from matplotlib.ticker import NullLocator
 
 from marseval.atomic import atomic_write_bytes
 from marseval.errors import MarsevalError
+from marseval.report import stats
 
 Colour = tuple[float, float, float]
 DPI = 150
@@ -37,6 +39,21 @@ AGGREGATED = "aggregated"
 MAIN = "default"  # Mars-Bench's partition name of the full training set (fraction 1.0)
 # No creation date in the PDF: identical inputs give identical bytes.
 _METADATA: dict[str, dict[str, str | None]] = {"pdf": {"CreationDate": None}, "png": {}}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How panels are laid out: at most `columns` per row (None: a near-square grid), a
+    shared y axis or not, and x tick labels as percentages (fractions 0.01..1 as 1%..100%)."""
+
+    columns: int | None = None
+    sharey: bool = False
+    percent: bool = False
+
+
+# The Mars-Bench scripts' grids: at most 5 panels a row, one y axis (plot_tools.py and
+# plot_classification_partition_results.py); fractions shown as percentages.
+PAPER_LAYOUT = Layout(columns=5, sharey=True, percent=True)
 
 
 def model_colours(models: Sequence[str]) -> dict[str, Colour]:
@@ -216,12 +233,13 @@ def _strip(ax: Axes, data: pd.DataFrame, value: str, order: list[str]) -> None:
 
 def curves_figure(curve_frame: pd.DataFrame, x: str, xlabel: str, ylabel: str,
                   log_x: bool = False, *, order: Sequence[str] | None = None,
-                  colours: Mapping[str, Colour] | None = None) -> Figure:
+                  colours: Mapping[str, Colour] | None = None,
+                  layout: Layout = Layout()) -> Figure:
     """Training-size (Figure 3, `log_x` for fractions 0.01..1) or few-shot curves: a line per
     model through its IQM at each `x`, with the bootstrap interval (ci_low..ci_high) shaded.
     One panel, or one per dataset when the frame has a `dataset` column. An `x` of "default"
     counts as the full training set, 1.0."""
-    return _curves(curve_frame, x, xlabel, ylabel, log_x, order, colours,
+    return _curves(curve_frame, x, xlabel, ylabel, log_x, order, colours, layout,
                    what="curve frame", columns=("iqm", "ci_low", "ci_high"))
 
 
@@ -233,14 +251,30 @@ def curves(curve_frame: pd.DataFrame, x: str, stem: Path, xlabel: str, ylabel: s
     return save_figure(fig, stem)
 
 
+def spread_figure(spread: pd.DataFrame, x: str, xlabel: str, ylabel: str, log_x: bool = True,
+                  *, order: Sequence[str] | None = None,
+                  colours: Mapping[str, Colour] | None = None,
+                  layout: Layout = Layout()) -> Figure:
+    """Per dataset (a panel each), each model's mean at each `x` with a band of +-1 standard
+    deviation, from `stats.spread`'s frame (`dataset, model, <x>, mean, std`); a single run
+    (std NaN) has no band. Mars-Bench's Figure 4 and its per-dataset partition and few-shot
+    plots (plot_*_results.py), which show no bootstrap despite their captions."""
+    _require(spread, ("dataset", "model", x, "mean", "std"), "spread frame")
+    std = spread["std"].fillna(0.0)
+    band = spread.assign(low=spread["mean"] - std, high=spread["mean"] + std)
+    return _curves(band, x, xlabel, ylabel, log_x, order, colours, layout,
+                   what="spread frame", columns=("mean", "low", "high"))
+
+
 def earth_comparison_figure(runs: pd.DataFrame, metric_label: str = "test metric", *,
                             order: Sequence[str] | None = None,
                             colours: Mapping[str, Colour] | None = None) -> Figure:
-    """Mars-Bench Figure 4 (Earth-observation models vs ViT-L/16): per dataset, each model's
-    mean raw score over its runs at each training fraction (log x), with a band of +-1 standard
-    deviation (ddof 1) over those runs; a single run has no band. The fraction is the `fraction`
-    column when present, else `partition` ("default" = 1.0). Every row counts as a run:
-    earth_data.csv repeats seed labels (Prithvi has 14 rows labelled seed 42)."""
+    """Mars-Bench Figure 4 (Earth-observation models vs ViT-L/16) on the raw metric: per
+    dataset, each model's mean score over its runs at each training fraction (log x), with a
+    band of +-1 standard deviation (ddof 1) over those runs; a single run has no band. The
+    fraction is the `fraction` column when present, else `partition` ("default" = 1.0). Every
+    row counts as a run: earth_data.csv repeats seed labels (Prithvi has 14 rows labelled
+    seed 42). The paper style normalises it first (`spread_figure` of `stats.spread`)."""
     _require(runs, ("model", "dataset", "score"), "Earth-model runs")
     if "fraction" in runs.columns:
         fraction = _numeric(runs["fraction"], "fraction")
@@ -248,14 +282,9 @@ def earth_comparison_figure(runs: pd.DataFrame, metric_label: str = "test metric
         fraction = _numeric(runs["partition"], "partition")
     else:
         raise MarsevalError("Earth-model runs lack the column fraction (or partition)")
-    spread = (runs.assign(fraction=fraction).groupby(["dataset", "model", "fraction"])["score"]
-              .agg(["mean", "std"]).reset_index())
-    spread["std"] = spread["std"].fillna(0.0)
-    band = spread.assign(centre=spread["mean"], low=spread["mean"] - spread["std"],
-                         high=spread["mean"] + spread["std"])
-    return _curves(band, "fraction", "fraction of the training set",
-                   f"{metric_label} (mean ± 1 std)", True, order, colours,
-                   what="Earth-model runs", columns=("centre", "low", "high"))
+    return spread_figure(stats.spread(runs.assign(fraction=fraction), "fraction", "score"),
+                         "fraction", "fraction of the training set",
+                         f"{metric_label} (mean ± 1 std)", True, order=order, colours=colours)
 
 
 def earth_comparison(runs: pd.DataFrame, stem: Path, metric_label: str = "test metric", *,
@@ -267,8 +296,8 @@ def earth_comparison(runs: pd.DataFrame, stem: Path, metric_label: str = "test m
 
 
 def _curves(frame: pd.DataFrame, x: str, xlabel: str, ylabel: str, log_x: bool,
-            order: Sequence[str] | None, colours: Mapping[str, Colour] | None, *, what: str,
-            columns: tuple[str, str, str]) -> Figure:
+            order: Sequence[str] | None, colours: Mapping[str, Colour] | None, layout: Layout,
+            *, what: str, columns: tuple[str, str, str]) -> Figure:
     """Lines through `columns[0]` with `columns[1]..columns[2]` shaded, per model and panel."""
     _require(frame, ("model", x, *columns), what)
     frame = frame.assign(**{x: _numeric(frame[x], x)}).dropna(subset=[columns[0]])
@@ -277,12 +306,13 @@ def _curves(frame: pd.DataFrame, x: str, xlabel: str, ylabel: str, log_x: bool,
         raise MarsevalError(f"{what}: several rows for one {' / '.join(keys)}")
     order, colours = _style(frame["model"], order, colours)
     panels = sorted(frame["dataset"].unique()) if "dataset" in frame.columns else [None]
-    fig, axes = _panel_grid(len(panels), sharey=False, legend_width=_legend_width(order))
+    fig, axes = _panel_grid(len(panels), sharey=layout.sharey,
+                            legend_width=_legend_width(order), columns=layout.columns)
     for ax, panel in zip(axes, panels, strict=True):
         sub = frame if panel is None else frame[frame["dataset"] == panel]
         for model in order:
             _line(ax, sub[sub["model"] == model].sort_values(x), x, columns, colours[model])
-        _x_ticks(ax, sorted(sub[x].unique()), log_x)
+        _x_ticks(ax, sorted(sub[x].unique()), log_x, layout.percent)
         ax.grid(alpha=0.3)
         if panel is not None:
             ax.set_title(_title(panel))
@@ -301,11 +331,11 @@ def _line(ax: Axes, line: pd.DataFrame, x: str, columns: tuple[str, str, str],
     ax.fill_between(line[x], line[low], line[high], color=colour, alpha=0.2, linewidth=0)
 
 
-def _x_ticks(ax: Axes, values: list[float], log_x: bool) -> None:
-    """Ticks at the sampled x values only (fractions, shots), labelled as written; on a log
-    axis a value closer than 0.15 decades to the last labelled one (0.25 after 0.2) keeps its
-    tick but no label, so labels never overlap."""
-    labels = [f"{v:g}" for v in values]
+def _x_ticks(ax: Axes, values: list[float], log_x: bool, percent: bool = False) -> None:
+    """Ticks at the sampled x values only (fractions, shots), labelled as written (or as
+    percentages); on a log axis a value closer than 0.15 decades to the last labelled one
+    (0.25 after 0.2) keeps its tick but no label, so labels never overlap."""
+    labels = [f"{v:.0%}" if percent else f"{v:g}" for v in values]
     if log_x:
         if min(values) <= 0:
             raise MarsevalError(f"a log x axis needs positive values, got {min(values):g}")
@@ -365,10 +395,11 @@ def _style(models: Iterable[str], order: Sequence[str] | None,
     return ranked, colours
 
 
-def _panel_grid(n: int, sharey: bool, legend_width: float = 0.0) -> tuple[Figure, list[Axes]]:
-    """A near-square grid of `n` panels (3 x 3 for Figure 2's 8 datasets + aggregate), wider by
-    `legend_width` inches for a legend at the right."""
-    ncols = math.ceil(math.sqrt(n))
+def _panel_grid(n: int, sharey: bool, legend_width: float = 0.0,
+                columns: int | None = None) -> tuple[Figure, list[Axes]]:
+    """A grid of `n` panels, wider by `legend_width` inches for a legend at the right: at most
+    `columns` a row, or near-square (3 x 3 for Figure 2's 8 datasets + aggregate)."""
+    ncols = math.ceil(math.sqrt(n)) if columns is None else min(columns, n)
     nrows = math.ceil(n / ncols)
     width, height = SINGLE if n == 1 else (PANEL[0] * ncols, PANEL[1] * nrows)
     fig = Figure(figsize=(width + legend_width, height), layout="constrained")

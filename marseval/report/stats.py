@@ -32,6 +32,7 @@ REQUIRED = ("model", "dataset", "test metric")
 DEFAULT_PARTITION = "default"
 FEW_SHOT_PARTITION = "few_shot"
 RUN_COLUMNS = ["model", "dataset", "seed", "partition", "few_shot", "score"]
+AGGREGATED = "aggregated"  # the dataset name of aggregate rows, as Mars-Bench labels them
 
 Normalizer = dict[str, tuple[float, float]]
 # statistic(matrix, axis=1) -> one value per row (scipy/numpy reductions qualify)
@@ -261,13 +262,15 @@ def _bounds(path: Path, name: str, value: object) -> tuple[float, float]:
     return low, high
 
 
-def normalize(frame: pd.DataFrame,
-              normalizer: Mapping[str, tuple[float, float]]) -> tuple[pd.DataFrame, list[str]]:
+def normalize(frame: pd.DataFrame, normalizer: Mapping[str, tuple[float, float]],
+              keep_constant: bool = False) -> tuple[pd.DataFrame, list[str]]:
     """The runs with `normalized` = (score - min) / (max - min) of their dataset.
 
     Rows of datasets whose normaliser has max == min are removed and those datasets returned
-    (sorted). Every dataset of the runs must be in the normaliser: fixed constants (GEO-Bench
-    style) that miss one would silently change what the aggregate means.
+    (sorted); with `keep_constant` they stay, normalised to NaN (Mars-Bench's 0 / 0, which
+    only `aggregate(..., nan_last=True)` accepts). Every dataset of the runs must be in the
+    normaliser: fixed constants (GEO-Bench style) that miss one would silently change what
+    the aggregate means.
     """
     _require(frame, ["dataset", "score"], "normalize")
     present = sorted(set(frame["dataset"]))
@@ -276,11 +279,14 @@ def normalize(frame: pd.DataFrame,
         raise MarsevalError(f"normalize: the normaliser has no [min, max] for dataset(s) "
                             f"{', '.join(missing)}")
     constant = [name for name in _constant(normalizer) if name in present]
-    kept = frame[~frame["dataset"].isin(constant)].reset_index(drop=True)
+    kept = frame if keep_constant else frame[~frame["dataset"].isin(constant)]
+    kept = kept.reset_index(drop=True)
     scores = _finite(kept, "score", "normalize")
     low = kept["dataset"].map(lambda name: normalizer[name][0]).to_numpy(dtype=float)
     high = kept["dataset"].map(lambda name: normalizer[name][1]).to_numpy(dtype=float)
-    return kept.assign(normalized=(scores - low) / (high - low)), constant
+    span = high - low
+    normalized = np.divide(scores - low, span, out=np.full(len(kept), np.nan), where=span > 0)
+    return kept.assign(normalized=normalized), constant
 
 
 # ----------------------------------------------------------------------------- estimators
@@ -290,6 +296,18 @@ def iqm(values: np.ndarray | Sequence[float], axis: int | None = None) -> float 
     """Interquartile mean: the mean of the middle half (scipy's 25 % trimmed mean, which cuts
     floor(n / 4) values at each end, as rliable's `aggregate_iqm` does)."""
     result = scipy.stats.trim_mean(np.asarray(values, dtype=float), 0.25, axis=axis)
+    return float(result) if axis is None else result
+
+
+def iqm_nan_last(values: np.ndarray | Sequence[float],
+                 axis: int | None = None) -> float | np.ndarray:
+    """The IQM as the published Mars-Bench aggregate computed it: older SciPy's trim_mean
+    partitioned with `np.partition`, which sorts NaN last, so NaN (a dataset with max == min)
+    counted as +infinity and was cut with the top quarter. NaN where one is left in the middle
+    half. Equal to `iqm` on finite values."""
+    array = np.asarray(values, dtype=float)
+    result = scipy.stats.trim_mean(np.where(np.isnan(array), np.inf, array), 0.25, axis=axis)
+    result = np.where(np.isinf(result), np.nan, result)
     return float(result) if axis is None else result
 
 
@@ -332,8 +350,16 @@ def stratified_bootstrap(groups: Sequence[np.ndarray], statistic: Statistic = iq
     _check_bootstrap(reps, ci)
     arrays = _as_groups(groups)
     point = float(np.asarray(statistic(np.concatenate(arrays)[np.newaxis, :], axis=1))[0])
-    samples = statistic(_resample(arrays, reps, np.random.default_rng(seed)), axis=1)
-    return (point, *_interval(np.asarray(samples, dtype=float), ci))
+    return (point, *_interval(bootstrap_samples(arrays, statistic, reps, seed), ci))
+
+
+def bootstrap_samples(groups: Sequence[np.ndarray], statistic: Statistic = iqm,
+                      reps: int = 1000, seed: int = 0) -> np.ndarray:
+    """The `reps` bootstrap values of `statistic` whose percentiles `stratified_bootstrap`
+    reports (same seed, same values): each stratum resampled to its own size, pooled."""
+    _check_bootstrap(reps, 0.5)
+    samples = statistic(_resample(_as_groups(groups), reps, np.random.default_rng(seed)), axis=1)
+    return np.asarray(samples, dtype=float)
 
 
 def _strata(runs: pd.DataFrame, value: str) -> list[np.ndarray]:
@@ -363,10 +389,10 @@ def per_dataset(frame: pd.DataFrame, value: str = "score", reps: int = 1000,
 
 
 def _per_model(frame: pd.DataFrame, statistic: Statistic, name: str, reps: int, ci: float,
-               seed: int, what: str) -> pd.DataFrame:
+               seed: int, what: str, allow_nan: bool = False) -> pd.DataFrame:
     """Per model: `statistic` of its pooled normalised runs, datasets as strata."""
     _require(frame, ["model", "dataset", "normalized"], what)
-    _finite(frame, "normalized", what)
+    _finite(frame if not allow_nan else frame.dropna(subset=["normalized"]), "normalized", what)
     rows = []
     for model, runs in frame.groupby("model", sort=True):
         groups = _strata(runs, "normalized")
@@ -377,10 +403,16 @@ def _per_model(frame: pd.DataFrame, statistic: Statistic, name: str, reps: int, 
 
 
 def aggregate(frame_normalized: pd.DataFrame, reps: int = 1000, ci: float = 0.95,
-              seed: int = 0) -> pd.DataFrame:
+              seed: int = 0, nan_last: bool = False) -> pd.DataFrame:
     """Per model: IQM over the pooled normalised scores of all its datasets with a stratified
-    bootstrap interval (datasets as strata). Sorted by IQM, best first."""
-    table = _per_model(frame_normalized, iqm, "iqm", reps, ci, seed, "aggregate")
+    bootstrap interval (datasets as strata). Sorted by IQM, best first.
+
+    `nan_last` reproduces the published aggregate: NaN scores (datasets with max == min, kept
+    by `normalize(..., keep_constant=True)`) are pooled and trimmed as +infinity
+    (`iqm_nan_last`)."""
+    statistic = iqm_nan_last if nan_last else iqm
+    table = _per_model(frame_normalized, statistic, "iqm", reps, ci, seed, "aggregate",
+                       allow_nan=nan_last)
     return table.sort_values(["iqm", "model"], ascending=[False, True],
                              ignore_index=True)
 
@@ -473,3 +505,40 @@ def curve(frame: pd.DataFrame, x: str, value: str = "normalized", reps: int = 10
         rows.append({"model": model, x: point_x, "iqm": point, "ci_low": low,
                      "ci_high": high, "n_datasets": len(groups)})
     return pd.DataFrame(rows, columns=columns)
+
+
+def spread(frame: pd.DataFrame, x: str, value: str = "normalized") -> pd.DataFrame:
+    """Mars-Bench's per-dataset curve points (partition_stats.csv): per dataset, model and
+    value of column `x`, the mean, standard deviation (ddof=1; NaN for one run) and number of
+    the runs' `value`. Columns `dataset, model, <x>, mean, std, n_runs`, sorted that way."""
+    what = f"spread over {x!r}"
+    _require(frame, ["model", "dataset", x, value], what)
+    points = frame[frame[x].notna()]
+    _finite(points, value, what)
+    table = (points.groupby(["dataset", "model", x], sort=True)[value]
+             .agg(mean="mean", std="std", n_runs="size").reset_index())
+    return table.astype({"n_runs": int})
+
+
+def bootstrap_distributions(frame_normalized: pd.DataFrame, reps: int = 1000, seed: int = 0,
+                            nan_last: bool = False) -> pd.DataFrame:
+    """The bootstrap IQMs that Mars-Bench's violins show (plot_tools.bootstrap_iqm and
+    bootstrap_iqm_aggregate): per model, `reps` aggregate IQMs of its stratified resamples,
+    dataset "aggregated" (`aggregate`'s samples: same seed), then per model and dataset
+    `reps` IQMs of its resampled runs. Columns `model, dataset, iqm`.
+
+    With `nan_last` the aggregate trims NaN as `aggregate(..., nan_last=True)` does; a dataset
+    whose scores are NaN has no distribution of its own and is left out."""
+    what = "bootstrap_distributions"
+    _require(frame_normalized, ["model", "dataset", "normalized"], what)
+    scored = frame_normalized.dropna(subset=["normalized"])
+    _finite(frame_normalized if not nan_last else scored, "normalized", what)
+    aggregate_statistic = iqm_nan_last if nan_last else iqm
+    parts = []
+    for model, runs in frame_normalized.groupby("model", sort=True):
+        samples = bootstrap_samples(_strata(runs, "normalized"), aggregate_statistic, reps, seed)
+        parts.append(pd.DataFrame({"model": model, "dataset": AGGREGATED, "iqm": samples}))
+    for (model, dataset), runs in scored.groupby(["model", "dataset"], sort=True):
+        samples = bootstrap_samples([runs["normalized"].to_numpy(dtype=float)], iqm, reps, seed)
+        parts.append(pd.DataFrame({"model": model, "dataset": dataset, "iqm": samples}))
+    return pd.concat(parts, ignore_index=True)

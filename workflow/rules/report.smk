@@ -2,6 +2,10 @@
 # improvement, optimality gap, the paper's figures and tables (python -m marseval report).
 # {kind} is "report" for this workflow's runs tables and "paper_figures" for the published
 # per-seed runs under report.reference, which redraws the paper without training anything.
+from marseval.report.options import option_flags
+
+# report.* options of the paper's reporting; a bad one stops the workflow here, naming its key
+REPORT_OPTION_FLAGS = option_flags(config)
 
 
 rule report:
@@ -47,7 +51,8 @@ rule report:
         "../../envs/report.yaml"
     params:
         out=lambda wildcards, output: os.path.dirname(output.aggregate),
-        flags=lambda wildcards: report_flags(config, wildcards.kind, wildcards.task),
+        flags=lambda wildcards: report_flags(config, wildcards.kind, wildcards.task)
+        + f" {REPORT_OPTION_FLAGS}",
     shell:
         "python -m marseval report --runs {input.runs} --task {wildcards.task}"
         " --out {params.out} {params.flags} > {log} 2>&1"
