@@ -2,8 +2,9 @@
 
 Images become 3-channel float tensors in [0, 1] (grayscale repeated, alpha dropped; change
 pairs stacked as [zeros, after, before] like the Mars-Bench reference code), resized to the
-backbone's input size and normalised with its mean and std. With `augment=True` the paper's
-augmentations run between resizing and normalising (the reference order).
+backbone's input size (`marseval.bench.square_images.resize_square`: with or without antialias)
+and normalised with its mean and std. With `augment=True` the paper's augmentations run
+between resizing and normalising (the reference order).
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class ImageDataset(Dataset):
         mean: Sequence[float],
         std: Sequence[float],
         augment: bool = False,
+        antialias: bool = True,
     ) -> None:
         self.dataset_dir = Path(dataset_dir)
         frame = frame.reset_index(drop=True)
@@ -75,6 +77,7 @@ class ImageDataset(Dataset):
         )
         self.targets = targets(frame, meta)
         self.input_size = int(input_size)
+        self.antialias = antialias  # False: the Mars-Bench reference's resize (Backbone.antialias)
         self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
         self.augment = paper_augmentations() if augment else None
@@ -83,13 +86,9 @@ class ImageDataset(Dataset):
         return len(self.ids)
 
     def _resize(self, image: Tensor) -> Tensor:
-        from torchvision.transforms import v2
-        from torchvision.transforms.v2 import functional as TF
+        from marseval.bench.square_images import resize_square  # loads torchvision
 
-        size = [self.input_size, self.input_size]
-        return TF.resize(
-            image, size, interpolation=v2.InterpolationMode.BILINEAR, antialias=True
-        ).clamp_(0.0, 1.0)
+        return resize_square(image, self.input_size, self.antialias)
 
     def pixels(self, index: int) -> Tensor:
         """The (3, S, S) image in [0, 1] before augmentation and normalisation."""

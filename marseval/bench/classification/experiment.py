@@ -18,9 +18,10 @@ from torch import nn
 from marseval.bench.classification.data import ImageDataset, targets
 from marseval.bench.classification.features import read_cache
 from marseval.bench.classification.losses import classification_loss, effective_loss, num_outputs
-from marseval.bench.classification.models import make_heads
+from marseval.bench.classification.models import make_heads, reference_heads
 from marseval.bench.experiment import Experiment, Setup, Split
 from marseval.bench.training import HParams, LossFn, evaluate, seed_everything
+from marseval.errors import MarsevalError
 
 
 class Heads(nn.Module):
@@ -41,6 +42,9 @@ class ClassificationExperiment(Experiment):
 
     def __init__(self, setup: Setup) -> None:
         super().__init__(setup)
+        if setup.rules.classifier_heads == "marsbench" and setup.head != "linear":
+            raise MarsevalError(f"head {setup.head!r} is a probe-protocol head; the "
+                                f"{setup.protocol!r} protocol builds the reference's heads")
         self.cached = setup.features_dir is not None
         self._backbone = None
         if self.cached:
@@ -59,7 +63,9 @@ class ClassificationExperiment(Experiment):
         # a random-init backbone (tests, embedded default) comes from a fixed seed inside
         # build_backbone, so the feature cache and online training see the same one
         pretrained = self.setup.pretrained and self.setup.training_type != "scratch"
-        backbone = build_backbone(self.setup.model, pretrained=pretrained)
+        rules = self.setup.rules  # preprocessing and head style of the protocol
+        backbone = build_backbone(self.setup.model, pretrained=pretrained, inputs=rules.inputs,
+                                  heads=rules.classifier_heads)
         if self.setup.training_type == "feature_extraction":
             freeze(backbone.module)
         return backbone
@@ -77,14 +83,18 @@ class ClassificationExperiment(Experiment):
         b = self._backbone
         augment = self.setup.augment and name == "train"
         images = ImageDataset(self.setup.dataset_dir, rows, self.meta, b.input_size, b.mean,
-                              b.std, augment=augment)
+                              b.std, augment=augment, antialias=b.antialias)
         return Split(list(rows["sample_id"]), y, images=images,
                      num_workers=self.setup.num_workers)
 
     def build_model(self, hp: HParams, seed: int) -> nn.Module:
         seed_everything(seed)
         outputs = num_outputs(self.subtask, self.num_classes, self._loss(hp))
-        heads = make_heads(self.feature_dims, outputs, self.setup.head)
+        if self.setup.rules.classifier_heads == "marsbench":
+            heads = reference_heads(self.setup.model, self.feature_dims, outputs,
+                                    self.setup.training_type)
+        else:
+            heads = make_heads(self.feature_dims, outputs, self.setup.head)
         if self.cached:
             return Heads(heads).to(self.device)
         from marseval.bench.classification.models import Classifier

@@ -4,6 +4,11 @@ A backbone returns a dict of pooled feature vectors, so the same heads run on li
 the feature cache. InceptionV3 also returns "aux": the input of its auxiliary classifier's final
 fc (the auxiliary conv layers count as frozen backbone), which trains a second head weighted 0.4.
 
+The Mars-Bench protocol changes two things (`marseval.bench.protocol`): `inputs="marsbench"` feeds
+every model as the reference's configs do (224 px, InceptionV3 299; ImageNet mean/std; resizing
+without antialias), and `heads="marsbench"` builds the reference's heads (`reference_heads`): for
+SqueezeNet the backbone then returns its 512-channel feature map, which the conv head pools.
+
 Pretrained weights load for real: torchvision checkpoints go through torch.hub into
 `$TORCH_HOME/hub/checkpoints/`, timm ones through its hub loading; with `MARSEVAL_OFFLINE` or
 `HF_HUB_OFFLINE` set, a missing checkpoint is an error naming the file, never a download.
@@ -15,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import torch
@@ -29,19 +34,23 @@ from marseval.bench.model_building import (
     offline_var,
     torchvision_state_dict,
 )
+from marseval.bench.segmentation.models import IMAGENET_MEAN, IMAGENET_STD, INPUTS
 from marseval.errors import MarsevalError
+
+HEAD_STYLES = ("marsbench", "pooled")  # Protocol.classifier_heads
 
 
 @dataclass
 class Backbone:
     """A feature extractor and the preprocessing its weights expect."""
 
-    module: nn.Module  # module(images) -> {"main": (N, D), ...}
+    module: nn.Module  # module(images) -> {"main": (N, D) or a feature map (N, D, h, w), ...}
     feature_dims: dict[str, int]
     input_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     display_name: str
+    antialias: bool = True  # low-pass filter before shrinking (the reference's resize has none)
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,7 @@ class _TorchvisionSpec:
     display_name: str
     feature_dims: dict[str, int]
     build_kwargs: dict
+    reference_size: int = 224  # Mars-Bench configs/model/classification/*.yaml input_size
 
 
 # The weights are the ones the Mars-Bench paper used (ResNet101: IMAGENET1K_V2).
@@ -63,7 +73,9 @@ TORCHVISION_MODELS: dict[str, _TorchvisionSpec] = {
         "InceptionV3",
         {"main": 2048, "aux": 768},
         {"aux_logits": True, "transform_input": True},
+        reference_size=299,  # inceptionv3.yaml
     ),
+    # swin_transformer.yaml feeds 224 px, not the 256 its weights' transforms crop
     "swin_v2_b": _TorchvisionSpec("IMAGENET1K_V1", "SwinV2-B", {"main": 1024}, {}),
     "vit_l_16": _TorchvisionSpec("IMAGENET1K_V1", "ViT-L/16", {"main": 1024}, {}),
     # not a paper model: the ResNet-50-sized backbone of the feature-cache benchmark
@@ -83,6 +95,17 @@ class _PooledFeatures(nn.Module):
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         return {"main": torch.flatten(self.net(images), 1)}
+
+
+class _FeatureMap(nn.Module):
+    """A torchvision trunk's last feature map (N, D, h, w), for a head that pools it itself."""
+
+    def __init__(self, trunk: nn.Module) -> None:
+        super().__init__()
+        self.trunk = trunk
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        return {"main": self.trunk(images)}
 
 
 class _InceptionFeatures(nn.Module):
@@ -143,30 +166,56 @@ def known_models() -> list[str]:
     return sorted(TORCHVISION_MODELS)
 
 
-def build_backbone(name: str, pretrained: bool, init_seed: int | None = 0) -> Backbone:
+def build_backbone(name: str, pretrained: bool, init_seed: int | None = 0, *,
+                   inputs: str = "weights", heads: str = "pooled") -> Backbone:
     """Build backbone `name` (a key of TORCHVISION_MODELS or `timm:<model name>`).
 
     With `pretrained=False` the weights are random, drawn from `torch.manual_seed(init_seed)`
     in a forked RNG, so every job (feature cache, online training) gets the same backbone and
     the caller's RNG is untouched; `init_seed=None` draws from the caller's RNG instead.
+    `inputs` and `heads` are the protocol's (`Protocol.inputs`, `.classifier_heads`): "weights"
+    and "pooled" give each weights' own preprocessing and pooled vectors (cacheable);
+    "marsbench" the reference's preprocessing (`reference_inputs`) and, for SqueezeNet, the
+    feature map its conv head needs.
     """
+    if inputs not in INPUTS or heads not in HEAD_STYLES:
+        raise MarsevalError(f"backbone {name!r}: inputs must be one of {INPUTS} and heads one "
+                            f"of {HEAD_STYLES}, got {inputs!r} and {heads!r}")
     if name.startswith("timm:"):
         builder: Callable[[], Backbone] = partial(_build_timm, name[len("timm:") :], pretrained)
     elif name in TORCHVISION_MODELS:
-        builder = partial(_build_torchvision, name, pretrained)
+        builder = partial(_build_torchvision, name, pretrained, feature_map=heads == "marsbench")
     else:
         raise MarsevalError(
             f"unknown model {name!r}: known models are {', '.join(known_models())}; "
             "`timm:<name>` works for any timm model (e.g. timm:resnet50)"
         )
     if pretrained or init_seed is None:
-        return builder()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(init_seed)
-        return builder()
+        backbone = builder()
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(init_seed)
+            backbone = builder()
+    return reference_inputs(name, backbone) if inputs == "marsbench" else backbone
 
 
-def _build_torchvision(name: str, pretrained: bool) -> Backbone:
+def reference_inputs(name: str, backbone: Backbone) -> Backbone:
+    """`backbone` fed as the Mars-Bench reference feeds its classifiers.
+
+    Size: `configs/model/classification/*.yaml` input_size (224; InceptionV3 299; SwinV2-B
+    224 where its weights' transforms crop 256). Mean/std: ImageNet's for every model
+    (`configs/transforms/default.yaml` rgb, `utils/transforms.py`). Resize: albumentations'
+    A.Resize, OpenCV INTER_LINEAR without antialias. The reference has no timm models: a
+    `timm:` model keeps its own input size (a fixed-size ViT takes no other) under the same
+    ImageNet mean/std and resize, the reference's rule for every model.
+    """
+    spec = TORCHVISION_MODELS.get(name)
+    size = spec.reference_size if spec is not None else backbone.input_size
+    return replace(backbone, input_size=size, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                   antialias=False)
+
+
+def _build_torchvision(name: str, pretrained: bool, feature_map: bool = False) -> Backbone:
     from torchvision.models import get_model, get_model_weights
 
     spec = TORCHVISION_MODELS[name]
@@ -182,11 +231,13 @@ def _build_torchvision(name: str, pretrained: bool) -> Backbone:
     if name.startswith("resnet"):
         net.fc = nn.Identity()
         module: nn.Module = _PooledFeatures(net)
+    elif name == "squeezenet1_1" and feature_map:
+        module = _FeatureMap(net.features)  # for the reference's conv head (reference_heads)
     elif name == "squeezenet1_1":
         # The paper's head is dropout + 1x1 conv + ReLU + global pooling on the feature map;
-        # here the head is a linear layer on globally pooled 512-d features instead, so that
-        # features can be cached as vectors (a 1x1 conv then pooling is the same linear map
-        # as pooling then linear, up to the ReLU before the pooling).
+        # the pooled heads use a linear layer on globally pooled 512-d features instead, so
+        # that features can be cached as vectors (a 1x1 conv then pooling is the same linear
+        # map as pooling then linear, up to the ReLU before the pooling).
         net.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
         module = _PooledFeatures(net)
     elif name == "inception_v3":
@@ -285,8 +336,43 @@ def make_heads(feature_dims: dict[str, int], num_outputs: int,
     return nn.ModuleDict({key: head(dim) for key, dim in feature_dims.items()})
 
 
+def squeezenet_head(channels: int, num_outputs: int) -> nn.Sequential:
+    """torchvision's SqueezeNet classifier with its conv replaced, as the reference builds it
+    (`models/classification/SqueezeNet.py`: `classifier[1] = Conv2d(512, C, 1)`), plus the
+    flatten of `SqueezeNet.forward`. The ReLU makes every logit >= 0."""
+    return nn.Sequential(
+        nn.Dropout(p=0.5),
+        nn.Conv2d(channels, num_outputs, kernel_size=1),
+        nn.ReLU(inplace=True),
+        nn.AdaptiveAvgPool2d((1, 1)),
+        nn.Flatten(1),
+    )
+
+
+def reference_heads(name: str, feature_dims: dict[str, int], num_outputs: int,
+                    training_type: str) -> nn.ModuleDict:
+    """The heads the Mars-Bench reference puts on model `name` (`models/classification/*.py`).
+
+    SqueezeNet: `squeezenet_head` on the feature map (`build_backbone(..., heads="marsbench")`).
+    InceptionV3: `fc` and `AuxLogits.fc` both become Linear(., C), but feature extraction
+    re-enables `fc` only: the auxiliary head stays frozen at its random init while the training
+    loss still adds 0.4 x its loss (nothing trainable gets a gradient from it) and evaluation
+    uses the main logits only. transfer_learning and scratch train it. Every other model
+    (ResNet, SwinV2, ViT, timm): a linear layer on the pooled features.
+    """
+    def head(key: str, dim: int) -> nn.Module:
+        if name == "squeezenet1_1" and key == "main":
+            return squeezenet_head(dim, num_outputs)
+        return nn.Linear(dim, num_outputs)
+
+    heads = nn.ModuleDict({key: head(key, dim) for key, dim in feature_dims.items()})
+    if "aux" in heads and training_type == "feature_extraction":
+        heads["aux"].requires_grad_(False)
+    return heads
+
+
 class Classifier(nn.Module):
-    """Backbone + one linear head per feature key ("main"; "aux" for InceptionV3).
+    """Backbone + one head per feature key ("main"; "aux" for InceptionV3).
 
     With `frozen=True` the backbone's parameters are frozen and it stays in eval mode whatever
     `train()` is asked: its BatchNorm statistics never drift and its dropout stays off, so the
@@ -324,20 +410,26 @@ class Classifier(nn.Module):
 
 
 def build_classifier(
-    name: str, num_outputs: int, pretrained: bool, training_type: str
+    name: str, num_outputs: int, pretrained: bool, training_type: str, *,
+    inputs: str = "weights", heads: str = "pooled"
 ) -> Classifier:
     """A classifier for `training_type` (feature_extraction, transfer_learning, scratch).
 
     Random-init backbones of feature_extraction/transfer_learning are the fixed-seed ones of
     `build_backbone` (the cached features); scratch draws its init from the caller's RNG, so
-    runs with different seeds start from different backbones.
+    runs with different seeds start from different backbones. `inputs` and `heads`: the
+    protocol's (see `build_backbone`); heads="marsbench" builds `reference_heads`.
     """
     if training_type not in TRAINING_TYPES:
         raise MarsevalError(
             f"unknown training type {training_type!r}; expected one of {', '.join(TRAINING_TYPES)}"
         )
+    style = {"inputs": inputs, "heads": heads}
     if training_type == "scratch":
-        backbone = build_backbone(name, pretrained=False, init_seed=None)
+        backbone = build_backbone(name, pretrained=False, init_seed=None, **style)
     else:
-        backbone = build_backbone(name, pretrained=pretrained)
-    return Classifier(backbone, num_outputs, frozen=training_type == "feature_extraction")
+        backbone = build_backbone(name, pretrained=pretrained, **style)
+    made: nn.ModuleDict | int = (
+        reference_heads(name, backbone.feature_dims, num_outputs, training_type)
+        if heads == "marsbench" else num_outputs)
+    return Classifier(backbone, made, frozen=training_type == "feature_extraction")

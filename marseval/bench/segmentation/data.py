@@ -38,8 +38,9 @@ class SegmentationDataset(SquareImages):
     augmentations = staticmethod(segmentation_augmentations)
 
     def __init__(self, dataset_dir: Path, frame: pd.DataFrame, input_size: int,
-                 mean: Sequence[float], std: Sequence[float], augment: bool = False) -> None:
-        super().__init__(dataset_dir, frame, input_size, augment)
+                 mean: Sequence[float], std: Sequence[float], augment: bool = False,
+                 antialias: bool = True) -> None:
+        super().__init__(dataset_dir, frame, input_size, augment, antialias)
         self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
 

@@ -34,6 +34,7 @@ class SegmentationExperiment(Experiment):
                                 f"{setup.score_resolution!r}")
         spec = self._build(seed=0)  # the preprocessing and names every seed shares
         self.input_size, self.mean, self.std = spec.input_size, spec.mean, spec.std
+        self.antialias = spec.antialias  # the protocol's resize (Protocol.inputs)
         self.display_name = spec.display_name
 
     def _build(self, seed: int) -> Segmenter:
@@ -41,12 +42,14 @@ class SegmentationExperiment(Experiment):
         return build_segmenter(self.setup.model, self.num_classes,
                                pretrained=self.setup.pretrained,
                                training_type=self.setup.training_type,
-                               input_size=self.setup.input_size)
+                               input_size=self.setup.input_size,  # an explicit size wins
+                               inputs=self.setup.rules.inputs)
 
     def split(self, name: str, subset: str | None = None) -> Split:
         rows = self.rows(name, subset)
         images = SegmentationDataset(self.setup.dataset_dir, rows, self.input_size, self.mean,
-                                     self.std, augment=self.setup.augment and name == "train")
+                                     self.std, augment=self.setup.augment and name == "train",
+                                     antialias=self.antialias)
         return Split(images.ids, images=images, num_workers=self.setup.num_workers)
 
     def build_model(self, hp: HParams, seed: int) -> nn.Module:

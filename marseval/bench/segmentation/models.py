@@ -46,6 +46,12 @@ _DPT_ALIASES = {"vit_base_patch16_224": DPT_DEFAULT_ENCODER}
 DEFAULT_INPUT_SIZE = 224
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Protocol.inputs: "marsbench" feeds models as the Mars-Bench reference does, "weights" as
+# each model's pretrained weights declare
+INPUTS = ("marsbench", "weights")
+# the reference's size for every segmentation and detection model (configs/transforms/
+# default.yaml image_size; only classifier configs name their own input_size)
+REFERENCE_IMAGE_SIZE = 224
 
 
 @dataclass
@@ -57,6 +63,7 @@ class Segmenter:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     display_name: str  # e.g. "U-Net (ResNet34)"
+    antialias: bool = True  # low-pass filter before shrinking (the reference's resize has none)
 
 
 # --------------------------------------------------------------------------- names
@@ -242,6 +249,7 @@ def build_segmenter(
     training_type: str,
     input_size: int | None = None,
     init_seed: int | None = 0,
+    inputs: str = "weights",
 ) -> Segmenter:
     """Build segmentation model `name` (`<arch>:<encoder>`) with `num_classes` output maps.
 
@@ -250,9 +258,18 @@ def build_segmenter(
     RNG. Otherwise a random-init encoder (`pretrained=False`) comes from
     `torch.manual_seed(init_seed)` in a forked RNG, so every run seed shares it, while decoder
     and head always come from the caller's RNG (`init_seed=None`: the encoder too).
+
+    inputs="marsbench" preprocesses as the reference (`utils/transforms.py`): 224 px unless
+    `input_size` says otherwise, ImageNet mean/std for every encoder (also DPT's timm ViT, whose
+    weights declare 0.5), resizing without antialias; "weights" uses the encoder's own mean/std.
     """
     check_model_arguments("segmentation model", name, num_classes, training_type)
-    size = DEFAULT_INPUT_SIZE if input_size is None else input_size
+    if inputs not in INPUTS:
+        raise MarsevalError(f"segmentation model {name!r}: inputs must be one of {INPUTS}, "
+                            f"got {inputs!r}")
+    reference = inputs == "marsbench"
+    default = REFERENCE_IMAGE_SIZE if reference else DEFAULT_INPUT_SIZE
+    size = default if input_size is None else input_size
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise MarsevalError(f"segmentation model {name!r}: input_size must be a positive "
                             f"integer, got {input_size!r}")
@@ -283,11 +300,12 @@ def build_segmenter(
         freeze(module.encoder)
         module.encoder.eval()
 
-    mean, std = _preprocessing(encoder)
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if reference else _preprocessing(encoder)
     return Segmenter(
         module=module,
         input_size=size,
         mean=mean,
         std=std,
         display_name=f"{_ARCH_DISPLAY[arch]} ({_encoder_display(encoder)})",
+        antialias=not reference,
     )
