@@ -146,7 +146,7 @@ class Experiment(ABC):
         """The training and validation loss `(outputs, targets) -> scalar` of `hp.loss`."""
 
     @abstractmethod
-    def score(self, model: nn.Module, split: Split) -> dict[str, Any]:
+    def score(self, model: nn.Module, split: Split, batch_size: int = 16) -> dict[str, Any]:
         """Test metrics; "metric" names the paper's metric and "primary" holds its value."""
 
     def autocast(self, model: nn.Module) -> AbstractContextManager[None]:

@@ -64,6 +64,9 @@ def train_runs(setup: Setup, best: Path, partition: str, seeds: list[int],
                             "meta.json skipped_subsets)")
     train, val, test = (experiment.split("train", subset), experiment.split("val"),
                         experiment.split("test"))
+    # the reference tests in batches of the training batch size, and its F1 decides per batch
+    # whether logits get a sigmoid (docs/fidelity.md, row 11); the probe keeps each task's own
+    scoring = {"batch_size": hp.batch_size} if setup.rules.metrics == "torchmetrics" else {}
     records = []
     for seed, out in zip(seeds, outs, strict=True):
         checkpoint = out.with_name(f".{out.stem}.ckpt")
@@ -92,7 +95,7 @@ def train_runs(setup: Setup, best: Path, partition: str, seeds: list[int],
             "best_epoch": result.best_epoch,
             "epochs_run": result.epochs_run,
             "best_val_loss": result.best_val_loss,
-            "test": experiment.score(model, test),
+            "test": experiment.score(model, test, **scoring),
             "device": experiment.device,
             "versions": versions(),
             "timing": {"fit_seconds": fitted - start,

@@ -3,9 +3,20 @@
 The primary metric ("f1") is the positive-class F1 for binary tasks and the F1 weighted by
 support for multiclass and multilabel tasks (a label is predicted when its sigmoid exceeds 0.5).
 
-Logits are turned into hard 0/1 or class-index predictions here, before torchmetrics sees them:
-torchmetrics applies a sigmoid to float inputs only when some value lies outside [0, 1], so
-passing raw logits that happen to lie inside [0, 1] would threshold the logits themselves.
+Two definitions (`Protocol.metrics`):
+
+- "exact": logits are turned into hard 0/1 or class-index predictions here (logit > 0), before
+  torchmetrics sees them: torchmetrics applies a sigmoid to float inputs only when some value
+  lies outside [0, 1], so raw logits that happen to lie inside [0, 1] would be thresholded
+  themselves.
+- "torchmetrics": as the reference computes them (`BaseClassificationModel._common_step` feeds
+  raw logits to a MetricCollection, one `update` per test batch). torchmetrics decides per
+  `update` call whether the batch is logits (a sigmoid, then > 0.5) or probabilities (> 0.5 on
+  the values themselves): a binary or multilabel batch whose logits all lie in [0, 1] (e.g.
+  SqueezeNet's ReLU head) is thresholded at logit 0.5, not 0. So the batches matter: the
+  outputs are cut into consecutive batches of `batch_size` rows in test order (the reference's
+  unshuffled test loader) and each is decided alone. Multiclass predictions are the argmax in
+  both definitions.
 
 Zero-division conventions match scikit-learn's defaults (checked in the tests): a class with no
 true and no predicted samples scores F1 = 0 in `per_class_f1`; the multiclass macro mean skips
@@ -16,6 +27,7 @@ absent classes weight 0.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 from torchmetrics.functional.classification import (
     binary_accuracy,
@@ -25,10 +37,12 @@ from torchmetrics.functional.classification import (
     multilabel_accuracy,
     multilabel_f1_score,
 )
+from torchmetrics.utilities.compute import normalize_logits_if_needed
 
 from marseval.errors import MarsevalError
 
 SUBTASKS = ("binary", "multiclass", "multilabel")
+DEFINITIONS = ("torchmetrics", "exact")
 
 _PRIMARY = {
     "binary": "f1_positive_class",
@@ -60,8 +74,27 @@ def predictions(subtask: str, outputs: Tensor) -> Tensor:
     return outputs.argmax(dim=-1)
 
 
+def reference_predictions(subtask: str, outputs: Tensor, batch_size: int | None = None) -> Tensor:
+    """Hard predictions as torchmetrics forms them from raw logits fed `batch_size` rows at a
+    time (None: all at once): per batch, a sigmoid unless every value lies in [0, 1], then
+    > 0.5 (binary single logit, multilabel); the argmax otherwise."""
+    _check_subtask(subtask)
+    single_logit = subtask == "binary" and (outputs.ndim == 1 or outputs.shape[-1] == 1)
+    if subtask != "multilabel" and not single_logit:
+        return outputs.argmax(dim=-1)
+    if single_logit:
+        outputs = outputs.reshape(-1)
+    size = len(outputs) if batch_size is None else batch_size
+    if size < 1:
+        raise MarsevalError(f"batch_size must be >= 1, got {batch_size}")
+    # torchmetrics' own decision (`_binary/_multilabel_stat_scores_format`), one batch at a time
+    return torch.cat([(normalize_logits_if_needed(chunk, "sigmoid") > 0.5).long()
+                      for chunk in outputs.split(size)])
+
+
 def classification_metrics(
-    subtask: str, outputs: Tensor, targets: Tensor, num_classes: int
+    subtask: str, outputs: Tensor, targets: Tensor, num_classes: int,
+    definition: str = "exact", batch_size: int | None = None,
 ) -> dict[str, float | list[float]]:
     """Test metrics from logits `outputs` and integer `targets`.
 
@@ -72,14 +105,23 @@ def classification_metrics(
 
     Multilabel "accuracy" is torchmetrics' micro-averaged label accuracy (the fraction of correct
     sample-label decisions, i.e. 1 - Hamming loss), not the subset (exact-match) accuracy.
+
+    `definition` (one of DEFINITIONS) picks how logits become predictions (module docstring);
+    "torchmetrics" decides per batch of `batch_size` rows, in the order given.
     """
     _check_subtask(subtask)
+    if definition not in DEFINITIONS:
+        raise MarsevalError(f"unknown metrics definition {definition!r}; expected one of "
+                            f"{DEFINITIONS}")
     outputs, targets = outputs.detach().float().cpu(), targets.detach().long().cpu()
     if len(outputs) != len(targets):
         raise MarsevalError(f"{len(outputs)} outputs but {len(targets)} targets")
     if len(targets) == 0:
         raise MarsevalError("cannot compute metrics on an empty split")
-    preds = predictions(subtask, outputs)
+    if definition == "torchmetrics":
+        preds = reference_predictions(subtask, outputs, batch_size)
+    else:
+        preds = predictions(subtask, outputs)
 
     if subtask == "multilabel":
         if outputs.shape != targets.shape or outputs.shape[-1] != num_classes:
@@ -121,4 +163,5 @@ def classification_metrics(
     }
 
 
-__all__ = ["SUBTASKS", "classification_metrics", "predictions", "primary_metric_name"]
+__all__ = ["DEFINITIONS", "SUBTASKS", "classification_metrics", "predictions",
+           "primary_metric_name", "reference_predictions"]

@@ -26,7 +26,11 @@ class SegmentationScorer:
     `iou` is IoU as Mars-Bench reports it: per image and class where the class is in the
     prediction or the truth, averaged per class over those images, then over the classes that
     appeared anywhere (background included). `miou`/`dice` are dataset-level, from the
-    confusion matrix over all pixels.
+    confusion matrix over all pixels. `dice_per_image` is the Dice the reference logs as
+    `test/dice` (torchmetrics `GeneralizedDiceScore(per_class=True, input_format="index")`, then
+    the mean over classes): per image and class 2 I / (P + T) where the class is in the truth
+    (its class weight cancels), 0 where it is not, averaged over all images, then over all
+    classes.
     """
 
     def __init__(self, num_classes: int) -> None:
@@ -38,6 +42,7 @@ class SegmentationScorer:
         self.iou_sum = torch.zeros(num_classes, dtype=torch.float64)  # sum of per-image IoUs
         self.image_count = torch.zeros(num_classes, dtype=torch.int64)  # images with a union
         self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)  # [true, pred]
+        self.dice_sum = torch.zeros(num_classes, dtype=torch.float64)  # per-image Dice, summed
         self.n_images = 0
 
     def update(self, preds: Tensor, target: Tensor) -> None:
@@ -86,6 +91,9 @@ class SegmentationScorer:
         present = union > 0
         iou = torch.where(present, inter.double() / union.clamp(min=1).double(), 0.0)
         self.iou_sum += iou.sum(0)
+        in_truth = true_count.cpu() > 0
+        cardinality = (pred_count + true_count).cpu().clamp(min=1).double()
+        self.dice_sum += torch.where(in_truth, 2 * inter.double() / cardinality, 0.0).sum(0)
         self.image_count += present.sum(0)
 
         self.confusion += (
@@ -121,6 +129,8 @@ class SegmentationScorer:
             "miou_per_class": miou_per_class,
             "dice": _mean(dice_per_class),
             "dice_per_class": dice_per_class,
+            "dice_per_image": float(self.dice_sum.mean() / self.n_images),
+            "dice_per_image_per_class": (self.dice_sum / self.n_images).tolist(),
             "pixel_accuracy": float(tp.sum() / confusion.sum()),
             "n_images": self.n_images,
         }
