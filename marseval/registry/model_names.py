@@ -18,6 +18,8 @@ DETECTORS: dict[str, str] = {
     "fasterrcnn_resnet50_fpn": "Faster R-CNN R50-FPN",
     "retinanet_resnet50_fpn_v2": "RetinaNet v2 R50-FPN",
     "ssd300_vgg16": "SSD300 VGG16",
+    # the Mars-Bench reference's own SSD (marsbench/models/detection/SSD.py): one ResNet34 map
+    "ssd_resnet34": "SSD ResNet34",
     **{f"yolo11{size}": f"YOLO11{size}" for size in YOLO_SIZES},
 }
 TINY_CLIP = "tiny-clip"

@@ -3,6 +3,9 @@ with it under augmentation."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import torch
@@ -15,12 +18,21 @@ from marseval.errors import MarsevalError
 
 
 class DetectionDataset(SquareImages):
-    """(image (3, S, S) in [0, 1], {"boxes": (M, 4) xyxy px, "labels": (M,)}) pairs.
+    """(image (3, S, S), {"boxes": (M, 4) xyxy px, "labels": (M,)}) pairs.
 
-    Detectors normalise inside, so images are not normalised here. `native_boxes` keeps the
-    ground truth in the image's own pixels for scoring."""
+    Images are in [0, 1] (detectors normalise inside) unless `mean_std` is given: then they are
+    normalised with it after augmentation, as the reference's transforms do before its
+    torchvision detectors (which normalise again). `native_boxes` keeps the ground truth in the
+    image's own pixels for scoring."""
 
     augmentations = staticmethod(detection_augmentations)
+
+    def __init__(self, dataset_dir: Path, frame: pd.DataFrame, input_size: int,
+                 augment: bool = False,
+                 mean_std: tuple[Sequence[float], Sequence[float]] | None = None) -> None:
+        super().__init__(dataset_dir, frame, input_size, augment)
+        self.mean_std = None if mean_std is None else tuple(
+            torch.tensor(v, dtype=torch.float32).view(-1, 1, 1) for v in mean_std)
 
     def native_boxes(self, index: int) -> dict[str, Tensor]:
         raw = self.frame["boxes"].iloc[index]
@@ -44,6 +56,9 @@ class DetectionDataset(SquareImages):
                 tv_tensors.Image(image),
                 tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=canvas))
             image, boxes = image.as_subclass(Tensor).clamp(0.0, 1.0), boxes.as_subclass(Tensor)
+        if self.mean_std is not None:
+            mean, std = self.mean_std
+            image = (image - mean) / std
         return image, {"boxes": boxes, "labels": target["labels"]}
 
 

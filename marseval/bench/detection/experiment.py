@@ -46,20 +46,23 @@ class DetectionExperiment(Experiment):
         super().__init__(setup)
         spec = self._build(seed=0)
         self.input_size, self.display_name = spec.input_size, spec.display_name
+        self.mean_std = spec.mean_std  # the marsbench pipeline normalises before the detector
 
     def _build(self, seed: int) -> Detector:
         seed_everything(seed)
         return build_detector(self.setup.model, self.num_classes,
                               pretrained=self.setup.pretrained,
                               training_type=self.setup.training_type,
-                              input_size=self.setup.input_size)
+                              input_size=self.setup.input_size,
+                              pipeline=self.setup.rules.detection_inputs)
 
     def split(self, name: str, subset: str | None = None) -> Split:
         rows = self.rows(name, subset)
         if self.setup.drop_empty:
             rows = drop_images_without_boxes(rows)
         images = DetectionDataset(self.setup.dataset_dir, rows, self.input_size,
-                                  augment=self.setup.augment and name == "train")
+                                  augment=self.setup.augment and name == "train",
+                                  mean_std=self.mean_std)
         return Split(images.ids, images=images, num_workers=self.setup.num_workers,
                      collate_fn=collate_detection)
 

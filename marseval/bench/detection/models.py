@@ -1,10 +1,21 @@
 """Object detectors behind one interface: torchvision's Faster R-CNN, RetinaNet v2 and SSD300
-(COCO weights) and ultralytics' YOLO11 (n/s/m/l/x).
+(COCO weights), the Mars-Bench reference's own SSD on a ResNet34 (`ssd_resnet34`, ImageNet
+weights) and ultralytics' YOLO11 (n/s/m/l/x).
 
-A `Detector` takes float images (N, 3, S, S) in [0, 1], not normalised (torchvision detectors
-normalise inside, YOLO wants [0, 1]), and targets {"boxes": (M, 4) xyxy pixels in the S x S
-frame, "labels": (M,) int64 in 0..C-1}; M may be 0. `loss` returns one scalar, `predict`
+A `Detector` takes float images (N, 3, S, S) and targets {"boxes": (M, 4) xyxy pixels in the
+S x S frame, "labels": (M,) int64 in 0..C-1}; M may be 0. `loss` returns one scalar, `predict`
 per-image {"boxes", "scores", "labels"} for COCO mAP (score >= 0.001, at most 100 per image).
+
+Two input pipelines (`build_detector(pipeline=...)`, the protocol's `detection_inputs`):
+- "raw": images in [0, 1], not normalised (torchvision detectors normalise inside, YOLO wants
+  [0, 1]); torchvision detectors work at S itself (no internal resize).
+- "marsbench", as the reference code (marsbench/utils/transforms.py, models/detection/*.py):
+  torchvision detectors get 224 px images already ImageNet-normalised (`Detector.mean_std`
+  says what the data must apply), normalise them again and resize them internally as their
+  builders' defaults do (Faster R-CNN and RetinaNet to 800, SSD300 to 300); Faster R-CNN has
+  FrozenBatchNorm2d in its ResNet and trains only RPN + ROI heads in feature extraction;
+  RetinaNet has the reference's `num_classes: 2` (an unused class 0 beside the object class).
+  YOLO, absent from the reference, keeps the raw pipeline.
 
 Pretrained weights: torchvision checkpoints load as in `models.py` (torch.hub cache,
 `weights_only=True`, offline check). YOLO checkpoints are ultralytics' release assets
@@ -18,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -32,6 +43,7 @@ from marseval.bench.model_building import (
     offline_var,
     torchvision_state_dict,
 )
+from marseval.bench.segmentation.models import IMAGENET_MEAN, IMAGENET_STD
 from marseval.errors import MarsevalError
 from marseval.registry.model_names import DETECTORS
 
@@ -40,46 +52,43 @@ SCORE_THRESH = 0.001
 MAX_DETECTIONS = 100
 YOLO_NMS_IOU = 0.7  # ultralytics' validation default
 
+PIPELINES = ("raw", "marsbench")
+# the reference's transforms.image_size for every detector (configs/transforms/default.yaml)
+REFERENCE_INPUT_SIZE = 224
+REFERENCE_SSD = "ssd_resnet34"  # marsbench/models/detection/SSD.py
+REFERENCE_SSD_NMS = 0.45  # marsbench/configs/model/detection/ssd.yaml
+# DefaultBoxGenerator's aspect ratios in SSD.py: six sets, for six maps the backbone never makes
+REFERENCE_SSD_ASPECT_RATIOS = [[2], [2, 3], [2, 3], [2, 3], [2], [2]]
+_EVAL_KWARGS = {"score_thresh": SCORE_THRESH, "detections_per_img": MAX_DETECTIONS}
 
 
 @dataclass(frozen=True)
 class _TorchvisionSpec:
-    weights: str  # member of the model's weights enum
-    default_size: int
+    weights: tuple[str, str]  # (model, member of its weights enum)
+    default_size: int  # of the raw pipeline
     background: bool  # class index 0 is background: our labels shift by +1 inside
-    # build kwargs from (input size): thresholds for COCO mAP, no resizing of S x S inputs
-    kwargs: Callable[[int], dict]
+    kwargs: dict  # build kwargs: thresholds for COCO mAP
+    rcnn_sizes: bool = False  # min_size/max_size set the internal resize (raw: S, no resize)
+    # the builder the reference calls puts FrozenBatchNorm2d in the ResNet (fasterrcnn's
+    # weights_backbone defaults to ImageNet, so even its weights=None model "is trained")
+    frozen_norm: bool = False
 
 
 _TORCHVISION: dict[str, _TorchvisionSpec] = {
     "fasterrcnn_resnet50_fpn": _TorchvisionSpec(
-        "COCO_V1",
-        800,
-        True,
-        lambda s: {
-            "min_size": s,
-            "max_size": s,
-            "box_score_thresh": SCORE_THRESH,
-            "box_detections_per_img": MAX_DETECTIONS,
-        },
+        ("fasterrcnn_resnet50_fpn", "COCO_V1"), 800, True,
+        {"box_score_thresh": SCORE_THRESH, "box_detections_per_img": MAX_DETECTIONS},
+        rcnn_sizes=True, frozen_norm=True,
     ),
-    # RetinaNet scores classes with sigmoids; COCO's index 0 is just an unused class
+    # RetinaNet scores classes with sigmoids; COCO's index 0 is just an unused class (the
+    # marsbench pipeline keeps one, as the reference's num_classes: 2)
     "retinanet_resnet50_fpn_v2": _TorchvisionSpec(
-        "COCO_V1",
-        800,
-        False,
-        lambda s: {
-            "min_size": s,
-            "max_size": s,
-            "score_thresh": SCORE_THRESH,
-            "detections_per_img": MAX_DETECTIONS,
-        },
+        ("retinanet_resnet50_fpn_v2", "COCO_V1"), 800, False, _EVAL_KWARGS, rcnn_sizes=True,
     ),
-    "ssd300_vgg16": _TorchvisionSpec(
-        "COCO_V1",
-        300,
-        True,
-        lambda s: {"score_thresh": SCORE_THRESH, "detections_per_img": MAX_DETECTIONS},
+    "ssd300_vgg16": _TorchvisionSpec(("ssd300_vgg16", "COCO_V1"), 300, True, _EVAL_KWARGS),
+    REFERENCE_SSD: _TorchvisionSpec(
+        ("resnet34", "IMAGENET1K_V1"), REFERENCE_INPUT_SIZE, True,
+        {**_EVAL_KWARGS, "nms_thresh": REFERENCE_SSD_NMS},
     ),
 }
 YOLO_DEFAULT_SIZE = 640
@@ -90,10 +99,12 @@ YOLO_STRIDE = 32
 
 
 class Detector(nn.Module):
-    """A detection network with `loss` and `predict` on S x S images in [0, 1].
+    """A detection network with `loss` and `predict` on S x S images.
 
-    The modules named in `frozen` (qualified names) stay in eval mode whatever `train()` is
-    asked, as `training.train_mode` also ensures for fully frozen children.
+    Images are in [0, 1] unless `mean_std` is set: then the data normalises them with that
+    (mean, std) first. The modules named in `frozen` (qualified names) stay in eval mode
+    whatever `train()` is asked, as `training.train_mode` also ensures for fully frozen
+    children.
     """
 
     def __init__(
@@ -103,6 +114,7 @@ class Detector(nn.Module):
         num_classes: int,
         input_size: int,
         frozen: tuple[str, ...] = (),
+        mean_std: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
     ) -> None:
         super().__init__()
         self.name = name
@@ -111,6 +123,7 @@ class Detector(nn.Module):
         self.num_classes = num_classes
         self.input_size = input_size
         self.frozen = frozen
+        self.mean_std = mean_std
         self.train()
 
     def train(self, mode: bool = True) -> Detector:
@@ -222,10 +235,14 @@ class _TorchvisionDetector(Detector):
         return sum(losses.values())
 
     def _predict(self, images: Tensor) -> list[dict[str, Tensor]]:
-        return [
-            {"boxes": out["boxes"], "scores": out["scores"], "labels": out["labels"] - self.shift}
-            for out in self.net(list(images))
-        ]
+        # Only RetinaNet (sigmoid scores) can predict class 0 when it is a background index:
+        # the reference's unused class, which its mAP skips (no ground truth), so dropped here
+        outputs = []
+        for out in self.net(list(images)):
+            keep = out["labels"] >= self.shift
+            outputs.append({"boxes": out["boxes"][keep], "scores": out["scores"][keep],
+                            "labels": out["labels"][keep] - self.shift})
+        return outputs
 
 
 class _YoloDetector(Detector):
@@ -294,38 +311,48 @@ def build_detector(
     training_type: str,
     input_size: int | None = None,
     init_seed: int | None = 0,
+    pipeline: str = "raw",
 ) -> Detector:
     """Detector `name` (a key of DETECTORS) for `num_classes` classes.
 
     feature_extraction freezes the feature trunk (ResNet body, VGG conv layers, YOLO backbone
-    section) and keeps it in eval mode; transfer_learning and scratch train everything; scratch
-    never loads weights. With random init (not scratch), the trunk comes from
+    section; the marsbench pipeline's Faster R-CNN its FPN too, the reference SSD its whole
+    ResNet34) and keeps it in eval mode; transfer_learning and scratch train everything;
+    scratch never loads weights. With random init (not scratch), the trunk comes from
     `torch.manual_seed(init_seed)` in a forked RNG (`init_seed=None`: the caller's RNG) and the
     rest from the caller's RNG, so a run's seed decides the trainable parts only.
-    `input_size` S (default: Faster R-CNN/RetinaNet 800, SSD 300 fixed, YOLO 640, a multiple
-    of 32) is the side of the square images the detector receives.
+    `input_size` S is the side of the square images the detector receives (default: raw
+    pipeline Faster R-CNN/RetinaNet 800, SSD300 300 fixed, reference SSD 224; marsbench
+    pipeline 224 for every torchvision detector; YOLO 640, a multiple of 32).
+    `pipeline` is "raw" or "marsbench" (the module docstring says what each does).
     """
     if name not in DETECTORS:
         raise MarsevalError(
             f"unknown detector {name!r}: known detectors are {', '.join(DETECTORS)}"
         )
+    if pipeline not in PIPELINES:
+        raise MarsevalError(f"detector input pipeline must be one of {PIPELINES}, "
+                            f"got {pipeline!r}")
     check_model_arguments("detector", name, num_classes, training_type)
     scratch = training_type == "scratch"
     pretrained = pretrained and not scratch
-    size = _input_size(name, input_size)
+    size = _input_size(name, input_size, pipeline)
 
+    mean_std = None
     if name in _TORCHVISION:
         spec = _TORCHVISION[name]
-        base = partial(_torchvision_base, name, size)
+        # marsbench: RetinaNet too gets the reference's num_classes = background + objects
+        background = spec.background or pipeline == "marsbench"
+        classes = num_classes + background
+        base = partial(_torchvision_base, name, size, pipeline, classes)
         net = base()
         if pretrained:
-            from torchvision.models import get_model_weights
-
             # COCO weights go in before the class-specific layers are replaced
-            weights = get_model_weights(name)[spec.weights]
-            net.load_state_dict(torchvision_state_dict(name, weights))
-        _replace_torchvision_predictor(name, net, num_classes + spec.background)
-        trunk = _torchvision_trunk(name, net)
+            _load_torchvision_weights(name, net)
+        _replace_torchvision_predictor(name, net, classes)
+        trunk = _torchvision_trunk(name, net, pipeline)
+        if pipeline == "marsbench":
+            mean_std = (IMAGENET_MEAN, IMAGENET_STD)
     else:
         base = partial(_yolo_base, name, num_classes)
         net = base()
@@ -350,16 +377,17 @@ def build_detector(
         frozen = tuple(f"net.{part}" for part in trunk)
 
     if name in _TORCHVISION:
-        return _TorchvisionDetector(
-            name, net, num_classes, size, frozen, background=_TORCHVISION[name].background
-        )
+        return _TorchvisionDetector(name, net, num_classes, size, frozen, mean_std,
+                                    background=background)
     return _YoloDetector(name, net, num_classes, size, frozen)
 
 
-def _input_size(name: str, input_size: int | None) -> int:
+def _input_size(name: str, input_size: int | None, pipeline: str) -> int:
     if name in _TORCHVISION:
         default = _TORCHVISION[name].default_size
-        if name == "ssd300_vgg16" and input_size not in (None, default):
+        if pipeline == "marsbench":
+            default = REFERENCE_INPUT_SIZE  # SSD300 resizes it to 300 inside
+        elif name == "ssd300_vgg16" and input_size not in (None, default):
             raise MarsevalError(f"detector {name} takes {default}x{default} inputs only, "
                                 f"got input_size={input_size}")
     else:
@@ -378,16 +406,89 @@ def _input_size(name: str, input_size: int | None) -> int:
 # --------------------------------------------------------------------------- torchvision
 
 
-def _torchvision_base(name: str, size: int) -> nn.Module:
-    """The COCO architecture (91 classes), random init, BatchNorm2d everywhere."""
-    from torchvision.models import get_model
+def _postprocessing(name: str, pipeline: str) -> dict:
+    """Score threshold, detections per image and NMS of the detector's predictions. The raw
+    pipeline keeps low-confidence boxes for COCO mAP (0.001, 100 per image); the marsbench
+    pipeline keeps torchvision's defaults, as the reference builds its detectors (Faster R-CNN
+    0.05 and 100, RetinaNet 0.05 and 300, SSD 0.01 and 200; the reference SSD's NMS 0.45)."""
+    kwargs = _TORCHVISION[name].kwargs
+    if pipeline == "raw":
+        return dict(kwargs)
+    return {key: value for key, value in kwargs.items() if key == "nms_thresh"}
 
-    # weights_backbone=None: the builders otherwise download ImageNet weights for the trunk
-    net = get_model(name, weights=None, weights_backbone=None, **_TORCHVISION[name].kwargs(size))
-    # Images arrive S x S: skip the training-time resize (which also draws from the RNG);
-    # in eval mode the resize to S is an identity.
-    net.transform._skip_resize = True
+
+def _torchvision_base(name: str, size: int, pipeline: str, classes: int) -> nn.Module:
+    """The COCO architecture (91 classes; the reference SSD: `classes`), random init."""
+    if name == REFERENCE_SSD:
+        net = _reference_ssd(size, classes, _postprocessing(name, pipeline))
+    else:
+        from torchvision.models import get_model
+
+        spec = _TORCHVISION[name]
+        kwargs = _postprocessing(name, pipeline)
+        if spec.rcnn_sizes and pipeline == "raw":
+            kwargs.update(min_size=size, max_size=size)
+        # weights_backbone=None: the builders otherwise download ImageNet weights for the trunk
+        net = get_model(name, weights=None, weights_backbone=None, **kwargs)
+        if spec.frozen_norm and pipeline == "marsbench":
+            _freeze_batchnorm(net.backbone.body)
+    if pipeline == "raw":
+        # Images arrive S x S: skip the training-time resize (which also draws from the RNG);
+        # in eval mode the resize to S is an identity. (marsbench resizes as torchvision does)
+        net.transform._skip_resize = True
     return net
+
+
+def _reference_ssd(size: int, classes: int, postprocessing: dict) -> nn.Module:
+    """The reference's SSD (marsbench/models/detection/SSD.py): ResNet34 conv1..layer4 as the
+    backbone, so ONE stride-32 feature map; SSDHead([512] * 6, anchors, classes) and a
+    DefaultBoxGenerator for six maps, of which torchvision's SSD uses only the first (4 boxes
+    a location, 0.15 and sqrt(0.15 * 0.3) of the side); NMS 0.45; `size` fixed (no rescale)."""
+    from torchvision.models import resnet34
+    from torchvision.models.detection.ssd import SSD, DefaultBoxGenerator, SSDHead
+
+    backbone = _resnet_trunk(resnet34())
+    anchors = DefaultBoxGenerator(REFERENCE_SSD_ASPECT_RATIOS)
+    head = SSDHead([512] * len(REFERENCE_SSD_ASPECT_RATIOS),
+                   anchors.num_anchors_per_location(), classes)
+    return SSD(backbone, anchors, (size, size), classes, head=head, **postprocessing)
+
+
+def _resnet_trunk(resnet: nn.Module) -> nn.Sequential:
+    """conv1 .. layer4 of a torchvision ResNet, in one Sequential (the reference SSD's)."""
+    parts = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+    return nn.Sequential(*(getattr(resnet, part) for part in parts))
+
+
+def _load_torchvision_weights(name: str, net: nn.Module) -> None:
+    """COCO weights into the COCO architecture; the reference SSD's ImageNet ResNet34 into
+    its backbone (through a whole ResNet34, so every key is checked)."""
+    from torchvision.models import get_model, get_model_weights
+
+    model, member = _TORCHVISION[name].weights
+    state = torchvision_state_dict(name, get_model_weights(model)[member])
+    if name == REFERENCE_SSD:
+        resnet = get_model(model, weights=None)
+        resnet.load_state_dict(state)
+        net.backbone.load_state_dict(_resnet_trunk(resnet).state_dict())
+    else:
+        net.load_state_dict(state)
+
+
+def _freeze_batchnorm(module: nn.Module) -> None:
+    """Every BatchNorm2d under `module` becomes torchvision's FrozenBatchNorm2d with the same
+    statistics and affine values: fixed whatever the mode, as the reference's Faster R-CNN."""
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    for child_name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+            with torch.no_grad():
+                for key in ("weight", "bias", "running_mean", "running_var"):
+                    getattr(frozen, key).copy_(getattr(child, key))
+            setattr(module, child_name, frozen)
+        else:
+            _freeze_batchnorm(child)
 
 
 def _replace_torchvision_predictor(name: str, net: nn.Module, classes: int) -> None:
@@ -416,17 +517,20 @@ def _replace_torchvision_predictor(name: str, net: nn.Module, classes: int) -> N
             net.anchor_generator.num_anchors_per_location(),
             classes,
         )
-    else:  # pragma: no cover - _TORCHVISION and this switch go together
+    elif name != REFERENCE_SSD:  # pragma: no cover - its head is built for its classes
         raise AssertionError(name)
 
 
-def _torchvision_trunk(name: str, net: nn.Module) -> tuple[str, ...]:
-    """The feature trunk: what torchvision freezes with trainable_backbone_layers=0."""
+def _torchvision_trunk(name: str, net: nn.Module, pipeline: str) -> tuple[str, ...]:
+    """The feature trunk: what torchvision freezes with trainable_backbone_layers=0, or what
+    the reference freezes (models/detection/*.py) where the marsbench pipeline differs."""
     if name == "ssd300_vgg16":
         # VGG16 conv1_1..conv4_3 are `features`; conv5_x lead `extra[0]`, whose last child is
         # SSD's own fc6/fc7 block (trained from xavier init by torchvision's recipe)
         conv5 = list(net.backbone.extra[0].named_children())[:-1]
         return ("backbone.features", *(f"backbone.extra.0.{child}" for child, _ in conv5))
+    if name == REFERENCE_SSD or (name == "fasterrcnn_resnet50_fpn" and pipeline == "marsbench"):
+        return ("backbone",)  # SSD: head only; Faster R-CNN: RPN and ROI heads only
     return ("backbone.body",)  # the ResNet; FPN and heads train
 
 
