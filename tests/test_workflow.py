@@ -68,14 +68,14 @@ def validated_file(path: Path) -> dict:
 
 
 # 20 Mars-Bench + 3 MarsRetrieval datasets, each downloaded and standardized once.
-# 9 classification sets x 5 models: features, 8 tune shards, select, and
+# 9 classification sets x 5 models: 8 tune shards, select, and
 # 7 seeds x (1 + 7 partitions + 6 few-shot) runs. 8 segmentation sets x 4 models and
-# 3 detection sets x 4 models: no features, 8 tune shards, select, 7 seeds x (1 + 7
-# partitions) runs. One runs table and one report per task.
+# 3 detection sets x 5 models (the reference SSD beside SSD300): 8 tune shards, select,
+# 7 seeds x (1 + 7 partitions) runs. One runs table and one report per task.
 # MarsRetrieval: 7 models x 3 tasks, each embedded in 8 shards, indexed and evaluated;
 # queries for landform and geo-localization; one summary per task.
 # Then the config copy and the job usage table for the report, and `all`.
-CLASSIFICATION_PAIRS, DENSE_PAIRS = 9 * 5, 8 * 4 + 3 * 4
+CLASSIFICATION_PAIRS, DENSE_PAIRS = 9 * 5, 8 * 4 + 3 * 5
 PAIRS = CLASSIFICATION_PAIRS + DENSE_PAIRS
 # The paper trains in the reference protocol (bench.protocol: marsbench): its frozen backbones
 # run in train mode on augmented images, so no feature cache is planned.
