@@ -147,6 +147,21 @@ def test_mmls_keeps_bands_2_1_0(tmp_path: Path, encode) -> None:
         assert str(frame.loc[sample_id, "mask"]).startswith("masks/")
 
 
+@pytest.mark.parametrize("encode", [write_series_tiff, gdal_tiff], ids=["tifffile", "gdal"])
+def test_multiband_tiffs_read_whatever_image_open_has_become(
+        encode, monkeypatch: pytest.MonkeyPatch) -> None:
+    # ultralytics replaces PIL.Image.open in any process that imports it with one that, on an
+    # unreadable file, tries to install and import pi_heif (this broke the gdal case in CI)
+    from marseval.data.multiband import read_tiff
+
+    def patched_open(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'pi_heif'")
+
+    monkeypatch.setattr(Image, "open", patched_open)
+    pixels = seven_bands(3)
+    np.testing.assert_array_equal(read_tiff(encode(pixels)), pixels)
+
+
 def test_mmls_float_bands_outside_unit_range_are_an_error(tmp_path: Path) -> None:
     mmls_zenodo(tmp_path / "raw", lambda p: write_series_tiff(p * 255.0))
     with pytest.raises(DataError, match=r"Image_patch_0_0\.tif.*cannot keep bands \[2, 1, 0\]"

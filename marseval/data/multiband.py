@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image, ImageSequence, UnidentifiedImageError
+from PIL import Image, ImageSequence, TiffImagePlugin, UnidentifiedImageError
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 DESCRIPTION = 270  # TIFF ImageDescription tag
@@ -38,14 +38,16 @@ def _shaped_series(image: Image.Image) -> tuple[int, ...] | None:
 def read_tiff(data: bytes) -> np.ndarray:
     """(H, W) or (H, W, C) pixels of a TIFF: single page, tifffile series, or multi-sample."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        # Pillow's TIFF reader itself, not Image.open: ultralytics replaces Image.open in any
+        # process that imported it with one that tries to install an HEIF plugin on failure
+        with TiffImagePlugin.TiffImageFile(io.BytesIO(data)) as image:
             shape = _shaped_series(image)
             if shape is None or getattr(image, "n_frames", 1) == 1:
                 image.load()
                 return np.asarray(image)
             pages = np.stack([np.asarray(page) for page in ImageSequence.Iterator(image)])
-    except (UnidentifiedImageError, OSError):
-        pages, shape = None, None  # more samples per pixel than PIL decodes
+    except (UnidentifiedImageError, OSError, SyntaxError):
+        pages, shape = None, None  # more samples per pixel than Pillow decodes
     if pages is not None:
         if pages.size != int(np.prod(shape)):
             raise ValueError(f"pages hold {pages.shape}, the description says {list(shape)}")
