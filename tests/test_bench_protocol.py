@@ -247,3 +247,26 @@ def test_run_records_name_their_protocol() -> None:
     record = MARSBENCH.record()
     assert json.loads(json.dumps(record))["schedules"]["cosine_t_max"] == 100
     assert record["frozen_backbone"] == "train" and record["selection"] == "last"
+
+
+def test_every_reference_model_starts_from_the_loaded_backbone_statistics(
+        tmp_path: Path) -> None:
+    """The models of one experiment share its backbone module; in marsbench its BatchNorm
+    statistics move while a trial trains, so the next trial (or seed) must start from the
+    loaded ones, as each reference run starts from freshly loaded weights."""
+    from test_bench_classify import standardized
+
+    from marseval.bench.classification.experiment import ClassificationExperiment
+
+    data = standardized(tmp_path, "mb-frost_cls", {"train": 8, "val": 4, "test": 4})
+    experiment = ClassificationExperiment(Setup(data, "timm:resnet10t", pretrained=False,
+                                                protocol="marsbench"))
+    hp = hparams(loss="bce", max_epochs=1, lr=0.01)
+    first_model, first = experiment.fit(hp, seed=0)
+    drifted = {k: v.clone() for k, v in first_model.backbone.named_buffers()}
+    second_model, second = experiment.fit(hp, seed=0)
+    assert any(not torch.equal(drifted[k], v) for k, v in experiment._pristine_buffers.items()
+               if v.is_floating_point())  # the first fit did move the statistics
+    assert [h["val_loss"] for h in first.history] == [h["val_loss"] for h in second.history]
+    for name, buffer in second_model.backbone.named_buffers():
+        assert torch.equal(buffer, drifted[name]), name

@@ -55,6 +55,11 @@ class ClassificationExperiment(Experiment):
             self._backbone = self._build_backbone()
             self.feature_dims = dict(self._backbone.feature_dims)
             self.display_name = self._backbone.display_name
+            # every model of this experiment shares the backbone module; a train-mode frozen
+            # backbone (marsbench) moves its BatchNorm statistics, so each model starts from
+            # the loaded ones, as each reference run starts from freshly loaded weights
+            self._pristine_buffers = {name: buffer.detach().clone() for name, buffer
+                                      in self._backbone.module.named_buffers()}
 
     def _build_backbone(self):
         from marseval.bench.classification.models import build_backbone
@@ -99,6 +104,9 @@ class ClassificationExperiment(Experiment):
             return Heads(heads).to(self.device)
         from marseval.bench.classification.models import Classifier
 
+        with torch.no_grad():
+            for name, buffer in self._backbone.module.named_buffers():
+                buffer.copy_(self._pristine_buffers[name])
         return Classifier(self._backbone, heads,
                           frozen=self.setup.training_type == "feature_extraction").to(self.device)
 
