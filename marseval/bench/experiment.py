@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from marseval.bench.precision import MixedPrecision
 from marseval.bench.protocol import Protocol, get_protocol
 from marseval.bench.samples import load_samples, split_frame
+from marseval.bench.shared_pass import GroupTrial, HeadStep, RngStream, TrunkStep, fit_group
 from marseval.bench.training import FitResult, HParams, LossFn, fit
 from marseval.errors import MarsevalError
 
@@ -174,6 +175,45 @@ class Experiment(ABC):
             precision=self.setup.rules.precision)
         model.load_state_dict(result.best_state, strict=False)
         return model, result
+
+    # ----------------------------------------------------------------------- shared passes
+
+    def share_trunk(self, models: list[nn.Module]) -> tuple[TrunkStep, HeadStep]:
+        """How the models of one shared pass split into a shared trunk and their own heads.
+
+        Here nothing but the data is shared: each model runs whole on the same batches. Tasks
+        whose frozen part can be computed once per batch override this."""
+        def trunk(batch: Any) -> tuple[Any, Any]:
+            inputs, targets = batch
+            return to_device(inputs, self.device), to_device(targets, self.device)
+
+        return trunk, lambda model, inputs: model(inputs)
+
+    def fit_group(self, hps: list[HParams], seed: int, train: Split | None = None,
+                  val: Split | None = None, subset: str | None = None
+                  ) -> list[tuple[nn.Module, FitResult]]:
+        """Fit the trials `hps` on shared passes (marseval.bench.shared_pass): each result
+        equals the trial's alone (a group of one). Their batch sizes must agree."""
+        sizes = sorted({hp.batch_size for hp in hps})
+        if len(sizes) != 1:
+            raise MarsevalError(f"the trials of a shared pass must share batch_size, which "
+                                f"decides the batches the backbone sees; got {sizes}")
+        batch_size = sizes[0]
+        train = train or self.split("train", subset)
+        val = val or self.split("val")
+        trials = []
+        for hp in hps:
+            model = self.build_model(hp, seed)  # seeds the generators, initialises the heads
+            trials.append(GroupTrial(model, hp, self.loss_fn(hp), RngStream.capture()))
+        trunk, head = self.share_trunk([trial.model for trial in trials])
+        rules = self.setup.rules
+        results = fit_group(
+            trials, trunk, head,
+            lambda epoch: train.batches(batch_size, shuffle_seed=seed * 100_003 + epoch),
+            lambda: val.batches(batch_size, shuffle_seed=None),
+            seed=seed, selection=self.setup.selection, frozen=rules.frozen_backbone,
+            schedules=rules.schedules, precision=rules.precision)
+        return [(trial.model, result) for trial, result in zip(trials, results, strict=True)]
 
 
 def dataset_task(dataset_dir: Path) -> str:

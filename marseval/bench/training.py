@@ -212,7 +212,8 @@ def train_mode(model: nn.Module, frozen: str = "eval") -> None:
 # batches
 
 
-def _main(outputs: Outputs) -> Tensor:
+def main_output(outputs: Outputs) -> Tensor:
+    """The "main" entry of dict outputs (InceptionV3's main and aux), else the outputs."""
     return outputs["main"] if isinstance(outputs, Mapping) else outputs
 
 
@@ -240,7 +241,7 @@ def validation_loss(model: nn.Module, step: Step, batches: Iterable, loss_fn: Lo
         for batch in batches:
             with amp.autocast():
                 outputs, targets = step(model, batch)
-                loss = loss_fn(_main(outputs), targets)
+                loss = loss_fn(main_output(outputs), targets)
             n = len(targets)
             weighted = loss.detach().double() * n
             total = weighted if total is None else total + weighted
@@ -260,7 +261,7 @@ def _collect(model: nn.Module, step: Step, batches: Iterable,
         for batch in batches:
             with amp.autocast():
                 out, y = step(model, batch)
-            outputs.append(as_float32(_main(out)))
+            outputs.append(as_float32(main_output(out)))
             targets.append(y)
     if not outputs:
         raise MarsevalError("evaluation got no batches")
@@ -406,7 +407,7 @@ def _read_checkpoint(path: Path, settings: dict[str, Any]) -> dict[str, Any] | N
 
 
 @dataclass
-class _Progress:
+class Progress:
     """Everything about a fit that a checkpoint must restore."""
 
     epoch: int = 0
@@ -420,6 +421,37 @@ class _Progress:
     seconds: float = 0.0
 
 
+def record_epoch(state: Progress, model: nn.Module, scheduler: Any | None, hp: HParams,
+                 min_delta: float, lr: float, train_loss: float, val_loss: float) -> None:
+    """An epoch's end: history, best state, early stopping, the schedule's step."""
+    epoch = state.epoch
+    state.history.append(
+        {"epoch": epoch, "lr": lr, "train_loss": train_loss, "val_loss": val_loss}
+    )
+    if val_loss < state.best_val_loss:
+        state.best_val_loss, state.best_epoch = val_loss, epoch
+        state.best_state = trainable_state(model)
+    if val_loss < state.stop_reference - min_delta:
+        state.stop_reference, state.wait = val_loss, 0
+    else:
+        state.wait += 1
+    # wait > 0: patience 0 stops at the first epoch without improvement, as Lightning does
+    out_of_patience = state.wait > 0 and state.wait >= hp.patience
+    state.finished = out_of_patience or not math.isfinite(val_loss) or epoch >= hp.max_epochs
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        scheduler.step(val_loss)
+    elif scheduler is not None:
+        scheduler.step()
+
+
+def selected_state(state: Progress, model: nn.Module, selection: str
+                   ) -> tuple[dict[str, Tensor], int]:
+    """The weights a finished fit returns and their epoch: the last, or the best validation's."""
+    if selection == "last" or state.best_state is None:
+        return trainable_state(model), state.epoch
+    return state.best_state, state.best_epoch
+
+
 def _resume(
     path: Path,
     settings: dict[str, Any],
@@ -427,7 +459,7 @@ def _resume(
     optimizer: torch.optim.Optimizer,
     scheduler: Any | None,
     amp: MixedPrecision,
-) -> _Progress | None:
+) -> Progress | None:
     """Restore model, optimizer, scheduler and RNG from a checkpoint; None if there is none.
 
     A checkpoint that does not load cleanly is deleted and the model left as it was."""
@@ -441,7 +473,7 @@ def _resume(
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
         amp.load_state_dict(state["scaler"])
-        progress = _Progress(
+        progress = Progress(
             epoch=int(state["epoch"]),
             finished=bool(state["finished"]),
             best_state=state["best_state"],
@@ -465,7 +497,7 @@ def _resume(
 def _checkpoint(
     path: Path,
     settings: dict[str, Any],
-    progress: _Progress,
+    progress: Progress,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: Any | None,
@@ -534,7 +566,7 @@ def fit(
             optimizer = make_optimizer(model.parameters(), hp)
             scheduler = make_scheduler(optimizer, hp, schedules)
             amp = MixedPrecision.for_model(precision, model)
-    state = state or _Progress()
+    state = state or Progress()
     previous_seconds = state.seconds
 
     bar = tqdm(
@@ -554,25 +586,7 @@ def fit(
             train_loss = _train_epoch(model, step, train_batches(epoch), loss_fn, optimizer, epoch,
                                       frozen, amp)
             val_loss = validation_loss(model, step, val_batches(), loss_fn, precision)
-            state.history.append(
-                {"epoch": epoch, "lr": lr, "train_loss": train_loss, "val_loss": val_loss}
-            )
-            if val_loss < state.best_val_loss:
-                state.best_val_loss, state.best_epoch = val_loss, epoch
-                state.best_state = trainable_state(model)
-            if val_loss < state.stop_reference - min_delta:
-                state.stop_reference, state.wait = val_loss, 0
-            else:
-                state.wait += 1
-            # wait > 0: patience 0 stops at the first epoch without improvement, as Lightning does
-            out_of_patience = state.wait > 0 and state.wait >= hp.patience
-            state.finished = (
-                out_of_patience or not math.isfinite(val_loss) or epoch >= hp.max_epochs
-            )
-            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                scheduler.step(val_loss)
-            elif scheduler is not None:
-                scheduler.step()
+            record_epoch(state, model, scheduler, hp, min_delta, lr, train_loss, val_loss)
             state.seconds = previous_seconds + time.perf_counter() - started
             if checkpoint is not None:
                 _checkpoint(checkpoint, settings, state, model, optimizer, scheduler, amp)
@@ -582,10 +596,7 @@ def fit(
     finally:
         bar.close()
 
-    if selection == "last" or state.best_state is None:
-        selected, state_epoch = trainable_state(model), state.epoch
-    else:
-        selected, state_epoch = state.best_state, state.best_epoch
+    selected, state_epoch = selected_state(state, model, selection)
     load_trainable_state(model, selected)
     return FitResult(
         best_epoch=state.best_epoch,

@@ -19,7 +19,8 @@ from marseval.bench.classification.data import ImageDataset, targets
 from marseval.bench.classification.features import read_cache
 from marseval.bench.classification.losses import classification_loss, effective_loss, num_outputs
 from marseval.bench.classification.models import make_heads, reference_heads
-from marseval.bench.experiment import Experiment, Setup, Split
+from marseval.bench.experiment import Experiment, Setup, Split, to_device
+from marseval.bench.shared_pass import HeadStep, TrunkStep
 from marseval.bench.training import HParams, LossFn, evaluate, seed_everything
 from marseval.errors import MarsevalError
 
@@ -109,6 +110,19 @@ class ClassificationExperiment(Experiment):
                 buffer.copy_(self._pristine_buffers[name])
         return Classifier(self._backbone, heads,
                           frozen=self.setup.training_type == "feature_extraction").to(self.device)
+
+    def share_trunk(self, models: list[nn.Module]) -> tuple[TrunkStep, HeadStep]:
+        """Online with a frozen backbone, every model holds the one backbone module: it runs
+        once per batch and each model's heads read its features."""
+        if self.cached or self.setup.training_type != "feature_extraction":
+            return super().share_trunk(models)
+        backbone = self._backbone.module
+
+        def trunk(batch: Any) -> tuple[Any, Any]:
+            images, targets = batch
+            return backbone(to_device(images, self.device)), to_device(targets, self.device)
+
+        return trunk, lambda model, features: model.head_forward(features)
 
     def _loss(self, hp: HParams) -> str:
         return effective_loss(self.subtask, hp.loss, self.setup.rules.binary_single_logit)

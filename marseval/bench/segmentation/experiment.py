@@ -18,6 +18,7 @@ from marseval.bench.segmentation.data import SegmentationDataset
 from marseval.bench.segmentation.losses import segmentation_loss
 from marseval.bench.segmentation.metrics import SegmentationScorer
 from marseval.bench.segmentation.models import Segmenter, build_segmenter
+from marseval.bench.shared_pass import HeadStep, TrunkStep
 from marseval.bench.training import HParams, LossFn, seed_everything
 from marseval.errors import MarsevalError
 
@@ -54,6 +55,28 @@ class SegmentationExperiment(Experiment):
 
     def build_model(self, hp: HParams, seed: int) -> nn.Module:
         return self._build(seed).module.to(self.device)
+
+    def share_trunk(self, models: list[nn.Module]) -> tuple[TrunkStep, HeadStep]:
+        """A frozen encoder (feature extraction) is shared: the models get the first one's
+        (all hold the same weights), it encodes each batch once, and each model's decoder
+        and head read the encoding, as smp's own forward does."""
+        if self.setup.training_type != "feature_extraction":
+            return super().share_trunk(models)
+        encoder = models[0].encoder
+        for model in models[1:]:
+            model.encoder = encoder
+
+        def trunk(batch: Any) -> tuple[Any, Any]:
+            images, masks = batch
+            return encoder(to_device(images, self.device)), to_device(masks, self.device)
+
+        def head(model: nn.Module, encoded: Any) -> torch.Tensor:
+            # DPT's encoder returns (features, prefix tokens), the others a list of features
+            decoded = (model.decoder(*encoded) if isinstance(encoded, tuple)
+                       else model.decoder(list(encoded)))
+            return model.segmentation_head(decoded)
+
+        return trunk, head
 
     def loss_fn(self, hp: HParams) -> LossFn:
         return segmentation_loss(hp.loss, self.num_classes,
