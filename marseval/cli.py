@@ -85,11 +85,49 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--out", required=True, type=Path)
     sm.add_argument("folders", nargs="+", type=Path)
 
+    _plan_command(commands)
+
     ju = commands.add_parser("job-usage", help="benchmarked jobs' usage beside their requests")
     ju.add_argument("--benchmarks", required=True, type=Path, help="<results>/benchmarks")
     ju.add_argument("--config", required=True, type=Path, help="<results>/config.yaml")
     ju.add_argument("--out", required=True, type=Path)
     return parser
+
+
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return value
+
+
+def _plan_command(commands) -> None:
+    pl = commands.add_parser("plan", help="GPU-hours and wall time of a config, per stage, "
+                                          "before anything is submitted")
+    pl.add_argument("--config", type=Path, default=Path("config/config.yaml"),
+                    help="config file (default: the paper's, config/config.yaml)")
+    pl.add_argument("--device", default="a100",
+                    help="row of the throughput table the GPU jobs run on (default: a100, "
+                         "assumed)")
+    pl.add_argument("--gpus", type=_at_least_one, default=8)
+    pl.add_argument("--cores", type=_at_least_one, default=64,
+                    help="CPU cores for the CPU jobs (index, evaluate)")
+    pl.add_argument("--max-heads", type=_at_least_one, default=64,
+                    help="most trials in one shared-pass group")
+    pl.add_argument("--expected-epoch-fraction", type=_fraction, default=0.25,
+                    help="expected epochs of a trial as a fraction of its max_epochs")
+    pl.add_argument("--head-step-ms", type=float, default=1.0,
+                    help="per trial and batch: its share of the step overhead in a shared pass")
+    pl.add_argument("--throughput", type=Path, default=None,
+                    help="throughput table (default: benchmarks/results/throughput.json)")
+    pl.add_argument("--json", type=Path, help="also write the plan here as JSON")
 
 
 def _setup_arguments(parser: argparse.ArgumentParser) -> None:
@@ -137,6 +175,9 @@ def _bench_commands(commands) -> None:
     tu.add_argument("--shard", required=True, type=int)
     tu.add_argument("--shards", required=True, type=int)
     tu.add_argument("--seed", type=int, default=0)
+    tu.add_argument("--shared-pass-trials", type=int, default=1,
+                    help="trials (of one batch size) trained on one frozen-backbone pass; "
+                         "records do not depend on it (1: one trial at a time)")
     tu.add_argument("--out", required=True, type=Path)
 
     se = commands.add_parser("select", help="pick the best trial of all shards")
@@ -283,7 +324,8 @@ def run_bench(args: argparse.Namespace) -> None:
 
         meta = json.loads((args.dataset_dir / "meta.json").read_text())
         trials = shard(expand(args.grid, meta["task"], meta["subtask"]), args.shard, args.shards)
-        run_shard(_setup(args), trials, args.out, seed=args.seed)
+        run_shard(_setup(args), trials, args.out, seed=args.seed,
+                  max_trials=args.shared_pass_trials)
     elif args.command == "select":
         from marseval.bench.selection import select_best
 
@@ -345,6 +387,16 @@ def run(args: argparse.Namespace) -> None:
 
         table = write_summary(args.folders, args.out)
         print(table.to_string(index=False))
+    elif args.command == "plan":
+        from marseval.planning import Options, make_plan, markdown, write_json
+        from marseval.planning.throughput import TABLE
+
+        options = Options(args.gpus, args.cores, args.max_heads, args.expected_epoch_fraction,
+                          args.head_step_ms)
+        plan = make_plan(args.config, args.device, options, args.throughput or TABLE)
+        print(markdown(plan), end="")
+        if args.json:
+            write_json(plan, args.json)
     elif args.command == "job-usage":
         from marseval.job_usage import write_usage_table
 

@@ -83,34 +83,40 @@ def test_a_resumed_shard_skips_recorded_trials(domars: tuple[Path, Path], tmp_pa
     trials = expand(grid, "classification", "multiclass")
     setup = Setup(data, MODEL, features, pretrained=False)
     out = tmp_path / "shard0.parquet"
-    fitted: list[float] = []
-    original = Experiment.fit
+    original = Experiment.fit_group
 
-    def counting_fit(self, hp, seed, **kwargs):
-        if len(fitted) == 2:
-            raise KeyboardInterrupt  # the job is killed during its third trial
-        fitted.append(hp.lr)
-        return original(self, hp, seed, **kwargs)
+    def killed_after_two(self, hps, seed, on_finish=None, **kwargs):
+        recorded = []
 
-    monkeypatch.setattr(Experiment, "fit", counting_fit)
+        def record(index, result):
+            if len(recorded) == 2:
+                raise KeyboardInterrupt  # the job is killed as its third trial stops
+            recorded.append(index)
+            on_finish(index, result)
+
+        return original(self, hps, seed, on_finish=record, **kwargs)
+
+    monkeypatch.setattr(Experiment, "fit_group", killed_after_two)
     with pytest.raises(KeyboardInterrupt):
-        run_shard(setup, trials, out)
+        run_shard(setup, trials, out, max_trials=3)  # the three trials share one pass
     assert not out.exists()
     assert len(pd.read_parquet(tune_module.progress_path(out))) == 2
 
-    fitted.clear()
-    monkeypatch.setattr(Experiment, "fit", original)
-    calls: list[float] = []
+    calls: list[list[float]] = []
 
-    def recording_fit(self, hp, seed, **kwargs):
-        calls.append(hp.lr)
-        return original(self, hp, seed, **kwargs)
+    def recording(self, hps, seed, **kwargs):
+        calls.append([hp.lr for hp in hps])
+        return original(self, hps, seed, **kwargs)
 
-    monkeypatch.setattr(Experiment, "fit", recording_fit)
-    frame = run_shard(setup, trials, out)
-    assert calls == [0.0001]  # only the unrecorded trial runs
+    monkeypatch.setattr(Experiment, "fit_group", recording)
+    frame = run_shard(setup, trials, out, max_trials=3)
+    assert calls == [[0.0001]]  # only the unrecorded trial runs
     assert list(frame["trial_id"]) == [t["trial_id"] for t in trials]
     assert not tune_module.progress_path(out).exists()
+    # one trial at a time gives the same records as the resumed shared pass
+    alone = run_shard(setup, trials, tmp_path / "alone.parquet", max_trials=1)
+    assert calls[1:] == [[0.01], [0.001], [0.0001]]
+    pd.testing.assert_frame_equal(frame.drop(columns="seconds"), alone.drop(columns="seconds"))
     best = select_best([out], tmp_path / "best.json")
     assert best["trials"] == 3
 

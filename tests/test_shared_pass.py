@@ -180,3 +180,15 @@ def test_trials_with_different_batch_sizes_are_refused(tmp_path: Path) -> None:
     hps = grid(["bce"])[:1] + grid(["bce"], batch_size=8)[1:2]
     with pytest.raises(MarsevalError, match="batch_size"):
         experiment.fit_group(hps, seed=0)
+
+
+def test_a_shard_groups_its_trials_by_batch_size_up_to_the_bound() -> None:
+    from marseval.bench.tune import shared_groups
+
+    trials = [{"trial_id": i, "batch_size": size} for i, size in
+              enumerate([16, 32, 16, 16, 32, 64, 16])]
+    groups = shared_groups(trials, 3)
+    assert [[t["trial_id"] for t in g] for g in groups] == [[0, 2, 3], [6], [1, 4], [5]]
+    assert [len(g) for g in shared_groups(trials, 1)] == [1] * 7
+    with pytest.raises(MarsevalError, match="bench.shared_pass_trials"):
+        shared_groups(trials, 0)

@@ -145,6 +145,7 @@ def test_the_paper_is_what_users_type_plans(tmp_path: Path, workflow_env: dict[s
         assert flag is None or flag in command
         # the reference protocol: online through the train-mode backbone, last epoch tested
         assert "--protocol marsbench" in command and "--features" not in command
+        assert "--shared-pass-trials 32" in command
         assert "--selection last" in command and "--augment" in command.split()
         # the job asks for what marseval.job_resources computes for it (first attempt)
         resources = pairs(job["resources"])

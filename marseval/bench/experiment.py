@@ -190,7 +190,8 @@ class Experiment(ABC):
         return trunk, lambda model, inputs: model(inputs)
 
     def fit_group(self, hps: list[HParams], seed: int, train: Split | None = None,
-                  val: Split | None = None, subset: str | None = None
+                  val: Split | None = None, subset: str | None = None,
+                  on_finish: Callable[[int, FitResult], None] | None = None
                   ) -> list[tuple[nn.Module, FitResult]]:
         """Fit the trials `hps` on shared passes (marseval.bench.shared_pass): each result
         equals the trial's alone (a group of one). Their batch sizes must agree."""
@@ -212,7 +213,7 @@ class Experiment(ABC):
             lambda epoch: train.batches(batch_size, shuffle_seed=seed * 100_003 + epoch),
             lambda: val.batches(batch_size, shuffle_seed=None),
             seed=seed, selection=self.setup.selection, frozen=rules.frozen_backbone,
-            schedules=rules.schedules, precision=rules.precision)
+            schedules=rules.schedules, precision=rules.precision, on_finish=on_finish)
         return [(trial.model, result) for trial, result in zip(trials, results, strict=True)]
 
 

@@ -140,6 +140,7 @@ def fit_group(
     frozen: str = "eval",
     schedules: Schedules = PROBE.schedules,
     precision: str = "32",
+    on_finish: Callable[[int, FitResult], None] | None = None,
 ) -> list[FitResult]:
     """Fit every trial of a group on shared trunk passes; one `FitResult` per trial, in order.
 
@@ -147,6 +148,8 @@ def fit_group(
     device; `head_step(model, features)` a trial's own part. Early stopping, selection and
     schedules are those of `training.fit`, per trial. On return each trial's model holds its
     selected state (the trunk's buffers included: the caller scores one trial at a time).
+    `on_finish(index, result)` is called as each trial stops, so a caller can record it
+    before the others end.
     """
     if selection not in SELECTIONS:
         raise MarsevalError(f"selection must be one of {SELECTIONS}, got {selection!r}")
@@ -194,6 +197,8 @@ def fit_group(
             trial.seconds += spent
             if trial.progress.finished:  # the trunk's buffers of this moment go with it
                 trial.selected = selected_state(trial.progress, trial.model, selection)
+                if on_finish is not None:
+                    on_finish(trials.index(trial), _result(trial, load=False))
         log.debug("shared pass epoch %d: %d of %d trials ran", epoch, len(active), len(trials))
     return [_result(trial) for trial in trials]
 
@@ -223,9 +228,10 @@ def _validate(active: list[GroupTrial], forward_trunk: Callable[[Any], tuple[Any
     return {key: float(total.item()) / count for key, (total, count) in sums.items()}
 
 
-def _result(trial: GroupTrial) -> FitResult:
+def _result(trial: GroupTrial, load: bool = True) -> FitResult:
     state, state_epoch = trial.selected
-    load_trainable_state(trial.model, state)
+    if load:
+        load_trainable_state(trial.model, state)
     progress = trial.progress
     return FitResult(best_epoch=progress.best_epoch, epochs_run=progress.epoch,
                      best_val_loss=progress.best_val_loss, best_state=state,

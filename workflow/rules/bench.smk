@@ -61,6 +61,7 @@ rule tune:
         grid=lambda wildcards: json.dumps(task_grid(config, task_of(wildcards.dataset))),
         shards=config["bench"]["grid_shards"],
         seed=config["bench"]["tune_seed"],
+        shared=config["bench"]["shared_pass_trials"],
         features=lambda wildcards, input: (
             f"--features {input.features}" if "features" in input.keys() else ""
         ),
@@ -68,7 +69,8 @@ rule tune:
     shell:
         "python -m marseval tune --dataset-dir {input.data} --model {params.model:q}"
         " {params.features} --grid {params.grid:q} --shard {wildcards.shard}"
-        " --shards {params.shards} --seed {params.seed} {params.flags} --out {output}"
+        " --shards {params.shards} --seed {params.seed}"
+        " --shared-pass-trials {params.shared} {params.flags} --out {output}"
         " > {log} 2>&1"
 
 
