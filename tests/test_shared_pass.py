@@ -192,3 +192,35 @@ def test_a_shard_groups_its_trials_by_batch_size_up_to_the_bound() -> None:
     assert [len(g) for g in shared_groups(trials, 1)] == [1] * 7
     with pytest.raises(MarsevalError, match="bench.shared_pass_trials"):
         shared_groups(trials, 0)
+
+
+def test_a_pass_out_of_gpu_memory_is_split_and_keeps_what_finished(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CUDA cannot run here: a fit_group that fails like a GPU out of memory for more than two
+    trials (after recording its first) stands in for it."""
+    from test_bench_classify import standardized
+
+    from marseval.bench import tune
+    from marseval.bench.experiment import Experiment
+    from marseval.bench.grid import expand
+
+    data = standardized(tmp_path, "mb-frost_cls", {"train": 4, "val": 2, "test": 2})
+    setup = Setup(data, "timm:resnet10t", pretrained=False)
+    grid = {"lr_schedule": ["none"], "lr": [0.1, 0.01, 0.001, 0.0001, 0.2], "batch_size": [4],
+            "weight_decay": [0.0], "optimizer": ["sgd"], "max_epochs": [1], "patience": [1],
+            "classification_loss": ["bce"]}
+    trials = expand(grid, "classification", "binary")
+    original, passes = Experiment.fit_group, []
+
+    def small_gpu(self, hps, seed, on_finish=None, **kwargs):
+        passes.append([hp.lr for hp in hps])
+        if len(hps) > 2:
+            original(self, hps[:1], seed, on_finish=on_finish, **kwargs)  # one finished
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return original(self, hps, seed, on_finish=on_finish, **kwargs)
+
+    monkeypatch.setattr(Experiment, "fit_group", small_gpu)
+    frame = tune.run_shard(setup, trials, tmp_path / "shard.parquet", max_trials=5)
+    # 5 -> the first recorded, the other 4 in two passes of 2
+    assert passes == [[0.1, 0.01, 0.001, 0.0001, 0.2], [0.01, 0.001], [0.0001, 0.2]]
+    assert sorted(frame["lr"]) == sorted(grid["lr"])
