@@ -119,8 +119,9 @@ def _plan_command(commands) -> None:
     pl.add_argument("--gpus", type=_at_least_one, default=8)
     pl.add_argument("--cores", type=_at_least_one, default=64,
                     help="CPU cores for the CPU jobs (index, evaluate)")
-    pl.add_argument("--max-heads", type=_at_least_one, default=64,
-                    help="most trials in one shared-pass group")
+    pl.add_argument("--max-heads", type=_at_least_one, default=None,
+                    help="most trials in one shared pass (default: the config's "
+                         "bench.shared_pass_trials)")
     pl.add_argument("--expected-epoch-fraction", type=_fraction, default=0.25,
                     help="expected epochs of a trial as a fraction of its max_epochs")
     pl.add_argument("--head-step-ms", type=float, default=1.0,

@@ -20,3 +20,7 @@ class DataError(MarsevalError):
         if file:
             where.append(f"file {file}")
         super().__init__(f"{', '.join(where)}: {message}")
+
+
+class PlanError(MarsevalError):
+    """Bad input to the cost planner: names the config file and key, or the throughput row."""

@@ -149,8 +149,9 @@ class JobSizer:
     def memory_mb(self, rule: str, wildcards: dict[str, str], attempt: int = 1) -> int:
         return math.ceil(self.options["base_mem_mb"] + self.held_mb(rule, wildcards)) * attempt
 
-    def _throughput(self, rule: str) -> float:
-        """Sustained FLOP/s of the job's device."""
+    def _throughput(self, rule: str, cost: dict[str, Any] | None = None) -> float:
+        """Sustained FLOP/s of the job's device; `cost` (the model's) lets a subclass rate
+        models apart (marseval.planning: measured images/s per model and device)."""
         if self.gpus(rule):
             return self.options["gpu_tflops"] * 1e12
         return self.options["cpu_gflops"] * 1e9
@@ -206,12 +207,12 @@ class JobSizer:
         if rule in ("index", "evaluate"):
             # exact inner products of every query (at most a few thousand) with the database
             items = database_items(self.config, dataset)
-            return 2.0 * 5000 * items * cost["feature_dim"] / self._throughput(rule)
+            return 2.0 * 5000 * items * cost["feature_dim"] / self._throughput(rule, cost)
         return 0.0  # queries and aggregation: minutes at most
 
     def _forward_seconds(self, rule: str, items: float, cost: dict[str, Any]) -> float:
         """One forward pass of the model over `items` images, decoding included."""
-        return items * (cost["forward_gflops"] * 1e9 / self._throughput(rule)
+        return items * (cost["forward_gflops"] * 1e9 / self._throughput(rule, cost)
                         + self.options["image_overhead_ms"] / 1000)
 
     def _shard_items(self, dataset: str) -> float:
@@ -225,7 +226,7 @@ class JobSizer:
         sizes = split_sizes(self.config, dataset)
         train = sizes["train"] if partition is None else train_images(
             self.config, dataset, partition)
-        speed = self._throughput(rule)
+        speed = self._throughput(rule, cost)
         compute = (self._pass_flops(dataset, train, cost, training=True)
                    + self._pass_flops(dataset, sizes["val"], cost)) / speed
         if not self._cached(dataset):

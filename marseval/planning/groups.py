@@ -1,0 +1,52 @@
+"""Shared passes of grid trials (issue 15), as the tune jobs run them.
+
+A tune job (one grid shard) runs its trials in groups (`marseval.bench.tune.shared_groups`,
+used here as is): the trials of one batch size, in the shard's order, at most
+`bench.shared_pass_trials` at a time. A group reads one stream of batches; what else its
+trials share depends on the pair (`shared_part`):
+
+- `trunk`: frozen-backbone training (feature extraction) of a classifier online or a
+  segmenter: the frozen backbone (encoder) runs once per batch, each trial its head (decoder);
+- `data`: detection (the frozen trunk feeds the neck and heads inside the detector's own
+  forward: Faster R-CNN's RPN and ROI heads, RetinaNet's FPN, YOLO's neck, SSD's extra layers;
+  no per-trial seam to cut at) and any trained backbone (`training_type` other than
+  feature extraction): the images are decoded once per batch, every trial runs whole;
+- `cache`: classification on the feature cache (probe protocol): features were computed once
+  by the `features` job, trials are head-only already.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+TRUNK_TASKS = ("classification", "segmentation")
+SHARED_PARTS = {
+    "trunk": "decoded batches and the frozen {trunk} once per batch; each trial its {head}",
+    "data": "decoded batches only; every trial runs its whole network",
+    "cache": "feature batches; features computed once (`features`), trials are head-only",
+}
+
+
+def describe(task: str, part: str) -> str:
+    """What a shared pass of `task` shares, in words."""
+    trunk, head = (("encoder", "decoder") if task == "segmentation" else ("backbone", "head"))
+    return SHARED_PARTS[part].format(trunk=trunk, head=head)
+
+
+def shared_part(task: str, training_type: str, cached: bool) -> str:
+    """What the trials of one shared pass share: `trunk`, `data` or `cache`."""
+    if cached:
+        return "cache"
+    if training_type != "feature_extraction" or task not in TRUNK_TASKS:
+        return "data"
+    return "trunk"
+
+
+def shared_groups(trials: Sequence[dict[str, Any]], max_trials: int
+                  ) -> list[list[dict[str, Any]]]:
+    """The shard's trials as the tune job groups them (one batch size, at most
+    `max_trials` each, in the shard's order)."""
+    from marseval.bench.tune import shared_groups as tune_groups
+
+    return tune_groups(list(trials), max_trials)
