@@ -66,12 +66,12 @@ def steps(batch: int) -> int:
 
 # The grid in order (lr, batch size, max_epochs), trial i = 6 lr + 3 batch + epochs; shards
 # take every other trial: shard 0 (batch, max_epochs) = (10, 10), (10, 30), (20, 20) for each
-# lr, shard 1 = (10, 20), (20, 10), (20, 30). A shared pass: one batch size, grid order, at
-# most K trials. With K = 2:
-#   shard 0: batch 10 [10, 30] [10, 30], batch 20 [20, 20]
-#   shard 1: batch 10 [20, 20], batch 20 [10, 30] [10, 30]
-SHARDS = {0: [(10, [10, 30]), (10, [10, 30]), (20, [20, 20])],
-          1: [(10, [20, 20]), (20, [10, 30]), (20, [10, 30])]}
+# lr, shard 1 = (10, 20), (20, 10), (20, 30). A shared pass: one batch size, shortest
+# max_epochs first, at most K trials. With K = 2:
+#   shard 0: batch 10 [10, 10] [30, 30], batch 20 [20, 20]
+#   shard 1: batch 10 [20, 20], batch 20 [10, 10] [30, 30]
+SHARDS = {0: [(10, [10, 10]), (10, [30, 30]), (20, [20, 20])],
+          1: [(10, [20, 20]), (20, [10, 10]), (20, [30, 30])]}
 
 
 def test_tiny_config_matches_hand_computed_estimate(tmp_path: Path) -> None:

@@ -185,10 +185,12 @@ def test_trials_with_different_batch_sizes_are_refused(tmp_path: Path) -> None:
 def test_a_shard_groups_its_trials_by_batch_size_up_to_the_bound() -> None:
     from marseval.bench.tune import shared_groups
 
-    trials = [{"trial_id": i, "batch_size": size} for i, size in
-              enumerate([16, 32, 16, 16, 32, 64, 16])]
+    sizes, epochs = [16, 32, 16, 16, 32, 64, 16], [200, 50, 50, 100, 50, 50, 50]
+    trials = [{"trial_id": i, "batch_size": size, "max_epochs": epochs[i]}
+              for i, size in enumerate(sizes)]
     groups = shared_groups(trials, 3)
-    assert [[t["trial_id"] for t in g] for g in groups] == [[0, 2, 3], [6], [1, 4], [5]]
+    # by batch size (in order of first appearance after sorting), shortest trials first
+    assert [[t["trial_id"] for t in g] for g in groups] == [[1, 4], [2, 6, 3], [0], [5]]
     assert [len(g) for g in shared_groups(trials, 1)] == [1] * 7
     with pytest.raises(MarsevalError, match="bench.shared_pass_trials"):
         shared_groups(trials, 0)

@@ -43,12 +43,14 @@ def progress_path(out: Path) -> Path:
 
 
 def shared_groups(trials: list[dict[str, Any]], max_trials: int) -> list[list[dict[str, Any]]]:
-    """The trials in groups that can share a pass: one batch size, at most `max_trials`."""
+    """The trials in groups that can share a pass: one batch size, at most `max_trials`, in
+    order of `max_epochs` (a pass lasts as long as its longest trial, so trials of like length
+    go together; records do not depend on the grouping)."""
     if isinstance(max_trials, bool) or not isinstance(max_trials, int) or max_trials < 1:
         raise MarsevalError(f"bench.shared_pass_trials must be an integer >= 1, got "
                             f"{max_trials!r}")
     by_size: dict[int, list[dict[str, Any]]] = {}
-    for trial in trials:
+    for trial in sorted(trials, key=lambda trial: trial["max_epochs"]):  # stable
         by_size.setdefault(int(trial["batch_size"]), []).append(trial)
     return [same[i:i + max_trials] for same in by_size.values()
             for i in range(0, len(same), max_trials)]
