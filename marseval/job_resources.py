@@ -9,7 +9,10 @@ calls them while it is parsed, so they read no data. The estimate of a job is
 
 where the work is counted in forward FLOPs of the model per image (training steps count three
 forward passes: forward and backward), every trial runs to its `max_epochs` (early stopping
-makes that an upper bound), and throughput is `job_resources.gpu_tflops` for jobs that get a GPU and
+makes that an upper bound), a grid shard runs its trials in shared passes as the tune job does
+(`marseval.bench.grid.shared_groups`: the frozen backbone or encoder, image decoding and the
+per-batch step once per batch for the pass's longest trial, each trial its own head or
+decoder), and throughput is `job_resources.gpu_tflops` for jobs that get a GPU and
 `job_resources.cpu_gflops` otherwise. Grid shards and final runs resume from their progress
 files and checkpoints, so a job that hits its limit loses little: the retry (`attempt` 2)
 asks for twice as much and carries on. docs/resources.md gives the numbers behind the defaults.
@@ -18,14 +21,14 @@ asks for twice as much and carries on. docs/resources.md gives the numbers behin
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import cache
 from importlib import resources
 from typing import Any
 
 import yaml
 
-from marseval.bench.grid import expand, shard
+from marseval.bench.grid import expand, shard, shared_groups, shared_part
 from marseval.registry import get_dataset
 from marseval.workflow import (
     bench_models,
@@ -45,6 +48,9 @@ DEFAULT_MODEL = "vit_l_16"
 BENCH_RULES = ("features", "tune", "train")
 ENCODER_RULES = ("embed", "queries")
 MB = 2**20
+# per trial and batch of a shared pass: its own optimizer step (assumed; the rest of
+# `step_overhead_ms` is the pass's, once per batch)
+HEAD_STEP_MS = 1.0
 
 
 @cache
@@ -105,6 +111,7 @@ class JobSizer:
         self.options = config["job_resources"]
         self.models = {**bench_models(config), **retrieval_models(config)}
         self._shard_runs: dict[tuple[str, int], list[tuple[int, int]]] = {}  # 8,000 jobs ask
+        self.head_step_ms = HEAD_STEP_MS
 
     # ------------------------------------------------------------------ scheduler callables
 
@@ -175,6 +182,61 @@ class JobSizer:
             self._shard_runs[key] = [(t["max_epochs"], t["batch_size"]) for t in chosen]
         return self._shard_runs[key]
 
+    def _shard_groups(self, dataset: str, index: int) -> list[tuple[int, list[int]]]:
+        """(batch size, max_epochs of its trials) of each shared pass of a grid shard."""
+        spec = get_dataset(dataset)
+        trials = expand(task_grid(self.config, spec.task), spec.task, spec.subtask)
+        chosen = shard(trials, index, self.config["bench"]["grid_shards"])
+        groups = shared_groups(chosen, self.config["bench"]["shared_pass_trials"])
+        return [(group[0]["batch_size"], [t["max_epochs"] for t in group]) for group in groups]
+
+    def shared_part(self, dataset: str) -> str:
+        """What a shared pass of the dataset's trials shares (marseval.bench.grid)."""
+        task = task_of(dataset)
+        return shared_part(task, self.config["bench"]["training_type"],
+                           uses_feature_cache(self.config, task))
+
+    def decoder_fraction(self, cost: dict[str, Any]) -> float | None:
+        """Measured share of a segmenter's forward FLOPs outside its encoder (none here;
+        marseval.planning has a measured table)."""
+        return None
+
+    def trainable_flops(self, dataset: str, cost: dict[str, Any]) -> tuple[float, str]:
+        """Forward FLOPs per image of what each trial trains, and how they were obtained."""
+        if task_of(dataset) == "classification":
+            classes = get_dataset(dataset).num_classes or 2
+            return 2.0 * cost["feature_dim"] * classes, "linear head: 2 x feature_dim x classes"
+        forward = cost["forward_gflops"] * 1e9
+        fraction = self.decoder_fraction(cost)
+        if fraction is not None:
+            return fraction * forward, "decoder: whole network minus encoder, measured FLOPs"
+        share = cost.get("trainable_params_m", 0.0) / cost.get("params_m", 1.0)
+        return share * forward, "decoder: forward FLOPs x trainable share of parameters"
+
+    def group_seconds(self, dataset: str, cost: dict[str, Any], batch: int,
+                      group_epochs: float, trial_epochs: Sequence[float],
+                      part: str | None = None) -> float:
+        """One shared pass: what its trials share (`part`, by default the config's
+        `shared_part`) for `group_epochs`, each trial's own work for its epochs, each trial's
+        test pass. A pass of one trial costs what that trial costs alone."""
+        sizes = split_sizes(self.config, dataset)
+        train, val = sizes["train"], sizes["val"]
+        speed = self._throughput("tune", cost)
+        flops = (self._pass_flops(dataset, train, cost, training=True)
+                 + self._pass_flops(dataset, val, cost))  # one epoch of the whole network
+        trunk = 0.0
+        if (part or self.shared_part(dataset)) == "trunk":
+            forward = cost["forward_gflops"] * 1e9
+            trunk = (forward - self.trainable_flops(dataset, cost)[0]) / forward
+        decoding = 0.0 if self._cached(dataset) else self.options["image_overhead_ms"] / 1000
+        steps = math.ceil(train / batch) + math.ceil(val / batch)
+        per_head = self.head_step_ms / 1000
+        per_batch = max(0.0, self.options["step_overhead_ms"] / 1000 - per_head)
+        shared_epoch = trunk * flops / speed + (train + val) * decoding + per_batch * steps
+        own_epoch = (1 - trunk) * flops / speed + per_head * steps
+        test = self._pass_flops(dataset, sizes["test"], cost) / speed
+        return group_epochs * shared_epoch + sum(e * own_epoch + test for e in trial_epochs)
+
     def _pass_flops(self, dataset: str, images: int, cost: dict[str, Any],
                     training: bool = False) -> float:
         """FLOPs of one pass over `images`: a training pass costs three forward passes
@@ -195,9 +257,9 @@ class JobSizer:
         if rule == "features":
             return self._forward_seconds(rule, sum(split_sizes(self.config, dataset).values()),
                                          cost)
-        if rule == "tune":  # each trial of the shard runs to its own max_epochs
-            runs = self._shard_runs_of(dataset, int(wildcards["shard"]))
-            return self._training_seconds(rule, dataset, runs, None, cost)
+        if rule == "tune":  # the shard's shared passes, each trial to its own max_epochs
+            return sum(self.group_seconds(dataset, cost, batch, max(epochs), epochs)
+                       for batch, epochs in self._shard_groups(dataset, int(wildcards["shard"])))
         if rule == "train":  # one run per seed of the job, on the partition's images
             runs = self._final_runs(dataset, 1 if "seed" in wildcards
                                     else len(self.config["bench"]["seeds"]))

@@ -43,14 +43,17 @@ DETECTION = {"datasets": ["mb-conequest_det"], "source": "huggingface",
 def test_tune_shard_of_a_detector() -> None:
     sizer = JobSizer(validated(DETECTION))
     wildcards = {"dataset": "mb-conequest_det", "model": "yolo11s", "shard": "0"}
-    # 2 trials (max_epochs 10 and 20) in one shard, each run to its own max_epochs. Registry
-    # splits 1158 / 167 / 333. An epoch: (3 x 1158 + 167) x 10 GFLOP at 1 TFLOP/s = 36.41 s,
-    # (1158 + 167) images x 2 ms = 2.65 s, (37 + 6) steps of 32 images x 5 ms = 0.215 s:
-    # 39.275 s; the test pass 333 x 10 GFLOP = 3.33 s.
-    # (10 + 20) x 39.275 + 2 x 3.33 = 1184.91 s; 5 + 2 x 1184.91 / 60 = 44.50 -> 45 minutes.
-    assert sizer.work_seconds("tune", wildcards) == pytest.approx(1184.91)
-    assert sizer.runtime_minutes("tune", wildcards) == 45
-    assert sizer.runtime_minutes("tune", wildcards, attempt=2) == 90
+    # 2 trials (max_epochs 10 and 20) in one shard, each run to its own max_epochs, in one
+    # shared pass (a detector shares the decoded batches only). Registry splits 1158 / 167 /
+    # 333, (37 + 6) steps of 32 images. The pass, for its longest trial's 20 epochs: decoding
+    # (1158 + 167) images x 2 ms = 2.65 s and the per-batch step 43 x (5 - 1) ms = 0.172 s an
+    # epoch. Each trial: (3 x 1158 + 167) x 10 GFLOP at 1 TFLOP/s = 36.41 s and its own step
+    # 43 x 1 ms = 0.043 s an epoch, and its test pass 333 x 10 GFLOP = 3.33 s.
+    # 20 x 2.822 + (10 + 20) x 36.453 + 2 x 3.33 = 1156.69 s (one at a time: 1184.91 s, the
+    # images decoded for each trial); 5 + 2 x 1156.69 / 60 = 43.56 -> 44 minutes.
+    assert sizer.work_seconds("tune", wildcards) == pytest.approx(1156.69)
+    assert sizer.runtime_minutes("tune", wildcards) == 44
+    assert sizer.runtime_minutes("tune", wildcards, attempt=2) == 88
     assert sizer.memory_mb("tune", wildcards) == 4000 + 2 * 100
     assert sizer.memory_mb("tune", wildcards, attempt=2) == 2 * 4200
     capped = JobSizer(validated({**DETECTION, "job_resources": {"gpu_tflops": 1,
@@ -135,8 +138,8 @@ def test_job_usage_puts_use_beside_request(tmp_path: Path) -> None:
     table = usage_table(tmp_path, validated(DETECTION))
     row = table.iloc[0].to_dict()
     assert row["rule"] == "tune" and row["job"] == "0" and row["seconds"] == 120.0
-    assert row["requested_runtime_min"] == 45 and row["requested_mem_mb"] == 4200
-    assert row["runtime_used"] == round(2 / 45, 4) and row["mem_used"] == 0.5
+    assert row["requested_runtime_min"] == 44 and row["requested_mem_mb"] == 4200
+    assert row["runtime_used"] == round(2 / 44, 4) and row["mem_used"] == 0.5
 
 
 def test_job_wildcards_from_benchmark_paths() -> None:

@@ -193,17 +193,17 @@ def test_segmentation_trials_pay_their_decoder_and_a_group_of_one_costs_a_trial(
         decoder = sizer.trainable_flops("mb-crater_binary_seg", sizer.model_cost(slug))[0]
         assert decoder == pytest.approx(share * forward)
         alone = sizer.runs_seconds("tune", "mb-crater_binary_seg", slug, [(7, 10)])
-        assert sizer.group_seconds("mb-crater_binary_seg", slug, "trunk", 10, 7, [7]) == (
+        assert sizer.slug_group_seconds("mb-crater_binary_seg", slug, "trunk", 10, 7, [7]) == (
             pytest.approx(alone))
         # two more trials of 3 epochs: their decoder, head steps and test pass only
         more = 2 * (3 * ((3 * decoder * TRAIN + decoder * VAL) / RATE + HEAD_S * steps(10))
                     + forward * TEST / RATE)
-        assert sizer.group_seconds("mb-crater_binary_seg", slug, "trunk", 10, 7,
+        assert sizer.slug_group_seconds("mb-crater_binary_seg", slug, "trunk", 10, 7,
                                    [7, 3, 3]) == pytest.approx(alone + more)
         # detection-like passes share the decoded batches only: every trial runs whole
         whole = 2 * (sizer.runs_seconds("tune", "mb-crater_binary_seg", slug, [(3, 10)])
                      - 3 * ((TRAIN + VAL) * IMAGE_S + (STEP_S - HEAD_S) * steps(10)))
-        assert sizer.group_seconds("mb-crater_binary_seg", slug, "data", 10, 7,
+        assert sizer.slug_group_seconds("mb-crater_binary_seg", slug, "data", 10, 7,
                                    [7, 3, 3]) == pytest.approx(alone + whole)
 
 

@@ -183,7 +183,7 @@ def test_trials_with_different_batch_sizes_are_refused(tmp_path: Path) -> None:
 
 
 def test_a_shard_groups_its_trials_by_batch_size_up_to_the_bound() -> None:
-    from marseval.bench.tune import shared_groups
+    from marseval.bench.grid import shared_groups
 
     sizes, epochs = [16, 32, 16, 16, 32, 64, 16], [200, 50, 50, 100, 50, 50, 50]
     trials = [{"trial_id": i, "batch_size": size, "max_epochs": epochs[i]}

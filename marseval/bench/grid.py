@@ -7,6 +7,8 @@ import itertools
 import json
 from typing import Any
 
+from marseval.errors import MarsevalError
+
 AXES = ("lr_schedule", "lr", "weight_decay", "batch_size", "optimizer", "max_epochs", "patience")
 
 
@@ -42,3 +44,32 @@ def shard(trials: list[dict[str, Any]], index: int, count: int) -> list[dict[str
     if not 0 <= index < count:
         raise ValueError(f"shard {index} is not in 0..{count - 1}")
     return trials[index::count]
+
+
+# ----------------------------------------------------------------------- shared passes
+
+# the tasks whose frozen part a shared pass computes once per batch (issue 15)
+TRUNK_TASKS = ("classification", "segmentation")
+
+
+def shared_part(task: str, training_type: str, cached: bool) -> str:
+    """What the trials of one shared pass share: `trunk`, `data` or `cache`."""
+    if cached:
+        return "cache"
+    if training_type != "feature_extraction" or task not in TRUNK_TASKS:
+        return "data"
+    return "trunk"
+
+
+def shared_groups(trials: list[dict[str, Any]], max_trials: int) -> list[list[dict[str, Any]]]:
+    """The trials in groups that can share a pass: one batch size, at most `max_trials`, in
+    order of `max_epochs` (a pass lasts as long as its longest trial, so trials of like length
+    go together; records do not depend on the grouping)."""
+    if isinstance(max_trials, bool) or not isinstance(max_trials, int) or max_trials < 1:
+        raise MarsevalError(f"bench.shared_pass_trials must be an integer >= 1, got "
+                            f"{max_trials!r}")
+    by_size: dict[int, list[dict[str, Any]]] = {}
+    for trial in sorted(trials, key=lambda trial: trial["max_epochs"]):  # stable
+        by_size.setdefault(int(trial["batch_size"]), []).append(trial)
+    return [same[i:i + max_trials] for same in by_size.values()
+            for i in range(0, len(same), max_trials)]

@@ -19,6 +19,7 @@ import pandas as pd
 
 from marseval.atomic import atomic_write_bytes
 from marseval.bench.experiment import Experiment, Setup, Split, open_experiment
+from marseval.bench.grid import shared_groups
 from marseval.bench.selection import HPARAM_FIELDS
 from marseval.bench.training import HParams
 from marseval.errors import MarsevalError
@@ -40,20 +41,6 @@ def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
 
 def progress_path(out: Path) -> Path:
     return out.with_name(f".{out.stem}.progress.parquet")
-
-
-def shared_groups(trials: list[dict[str, Any]], max_trials: int) -> list[list[dict[str, Any]]]:
-    """The trials in groups that can share a pass: one batch size, at most `max_trials`, in
-    order of `max_epochs` (a pass lasts as long as its longest trial, so trials of like length
-    go together; records do not depend on the grouping)."""
-    if isinstance(max_trials, bool) or not isinstance(max_trials, int) or max_trials < 1:
-        raise MarsevalError(f"bench.shared_pass_trials must be an integer >= 1, got "
-                            f"{max_trials!r}")
-    by_size: dict[int, list[dict[str, Any]]] = {}
-    for trial in sorted(trials, key=lambda trial: trial["max_epochs"]):  # stable
-        by_size.setdefault(int(trial["batch_size"]), []).append(trial)
-    return [same[i:i + max_trials] for same in by_size.values()
-            for i in range(0, len(same), max_trials)]
 
 
 def run_shard(setup: Setup, trials: list[dict[str, Any]], out: Path, seed: int = 0,

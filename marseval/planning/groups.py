@@ -1,7 +1,7 @@
 """Shared passes of grid trials (issue 15), as the tune jobs run them.
 
-A tune job (one grid shard) runs its trials in groups (`marseval.bench.tune.shared_groups`,
-used here as is): the trials of one batch size, in the shard's order, at most
+A tune job (one grid shard) runs its trials in groups (`marseval.bench.grid.shared_groups`,
+used here as is): the trials of one batch size, shortest `max_epochs` first, at most
 `bench.shared_pass_trials` at a time. A group reads one stream of batches; what else its
 trials share depends on the pair (`shared_part`):
 
@@ -17,10 +17,11 @@ trials share depends on the pair (`shared_part`):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from marseval.bench.grid import TRUNK_TASKS, shared_groups, shared_part
 
-TRUNK_TASKS = ("classification", "segmentation")
+__all__ = ["TRUNK_TASKS", "describe", "shared_groups", "shared_part"]
+
+
 SHARED_PARTS = {
     "trunk": "decoded batches and the frozen {trunk} once per batch; each trial its {head}",
     "data": "decoded batches only; every trial runs its whole network",
@@ -34,19 +35,3 @@ def describe(task: str, part: str) -> str:
     return SHARED_PARTS[part].format(trunk=trunk, head=head)
 
 
-def shared_part(task: str, training_type: str, cached: bool) -> str:
-    """What the trials of one shared pass share: `trunk`, `data` or `cache`."""
-    if cached:
-        return "cache"
-    if training_type != "feature_extraction" or task not in TRUNK_TASKS:
-        return "data"
-    return "trunk"
-
-
-def shared_groups(trials: Sequence[dict[str, Any]], max_trials: int
-                  ) -> list[list[dict[str, Any]]]:
-    """The shard's trials as the tune job groups them (one batch size, at most
-    `max_trials` each, in the shard's order)."""
-    from marseval.bench.tune import shared_groups as tune_groups
-
-    return tune_groups(list(trials), max_trials)

@@ -130,9 +130,9 @@ class JobPlanner:
                 for group in groups:
                     batch = group[0]["batch_size"]
                     epochs = [t["max_epochs"] for t in group]
-                    upper += self.sizer.group_seconds(dataset, slug, part, batch, max(epochs),
+                    upper += self.sizer.slug_group_seconds(dataset, slug, part, batch, max(epochs),
                                                       epochs)
-                    expected += self.sizer.group_seconds(
+                    expected += self.sizer.slug_group_seconds(
                         dataset, slug, part, batch, expected_longest(epochs, fraction),
                         [expected_epochs(m, fraction) for m in epochs])
                 jobs.append(self._job("tune", f"{dataset}/{slug}/shard{index}", task, expected,

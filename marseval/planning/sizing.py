@@ -13,14 +13,11 @@ costs exactly what `JobSizer` gives that trial alone.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
-from marseval.job_resources import BENCH_RULES, ENCODER_RULES, JobSizer, split_sizes
+from marseval.job_resources import BENCH_RULES, ENCODER_RULES, JobSizer
 from marseval.planning.throughput import Device, ThroughputTable
-from marseval.registry import get_dataset
-from marseval.workflow import task_of
 
 MODEL_RULES = (*BENCH_RULES, *ENCODER_RULES)
 
@@ -33,7 +30,7 @@ class PlanSizer(JobSizer):
         super().__init__(config)
         self.device = device
         self.table = table
-        self.head_step_ms = head_step_ms
+        self.head_step_ms = head_step_ms  # JobSizer's group_seconds reads it
 
     def _cost(self, wildcards: dict[str, str]) -> dict[str, Any]:
         return {**super()._cost(wildcards), "model": self.models.get(wildcards.get("model", ""),
@@ -64,37 +61,11 @@ class PlanSizer(JobSizer):
         return self._training_seconds(rule, dataset, list(runs), partition,
                                       self.model_cost(slug))
 
-    def trainable_flops(self, dataset: str, cost: dict[str, Any]) -> tuple[float, str]:
-        """Forward FLOPs per image of what each trial trains, and how they were obtained."""
-        if task_of(dataset) == "classification":
-            classes = get_dataset(dataset).num_classes or 2
-            return 2.0 * cost["feature_dim"] * classes, "linear head: 2 x feature_dim x classes"
-        forward = cost["forward_gflops"] * 1e9
-        fraction = self.table.decoder_fraction(cost["model"])
-        if fraction is not None:
-            return fraction * forward, "decoder: whole network minus encoder, measured FLOPs"
-        share = cost.get("trainable_params_m", 0.0) / cost["params_m"]
-        return share * forward, "decoder: forward FLOPs x trainable share of parameters"
+    def decoder_fraction(self, cost: dict[str, Any]) -> float | None:
+        return self.table.decoder_fraction(cost["model"])
 
-    def group_seconds(self, dataset: str, slug: str, part: str, batch: int,
-                      group_epochs: float, trial_epochs: Sequence[float]) -> float:
-        """One shared pass (`part`: what its trials share, marseval.planning.groups): the
-        shared work for `group_epochs`, each trial's own for its epochs, each trial's test."""
-        cost = self.model_cost(slug)
-        sizes = split_sizes(self.config, dataset)
-        train, val = sizes["train"], sizes["val"]
-        speed = self._throughput("tune", cost)
-        flops = (self._pass_flops(dataset, train, cost, training=True)
-                 + self._pass_flops(dataset, val, cost))  # one epoch of the whole network
-        trunk = 0.0
-        if part == "trunk":
-            forward = cost["forward_gflops"] * 1e9
-            trunk = (forward - self.trainable_flops(dataset, cost)[0]) / forward
-        decoding = 0.0 if self._cached(dataset) else self.options["image_overhead_ms"] / 1000
-        steps = math.ceil(train / batch) + math.ceil(val / batch)
-        per_head = self.head_step_ms / 1000
-        per_batch = max(0.0, self.options["step_overhead_ms"] / 1000 - per_head)
-        shared_epoch = trunk * flops / speed + (train + val) * decoding + per_batch * steps
-        own_epoch = (1 - trunk) * flops / speed + per_head * steps
-        test = self._pass_flops(dataset, sizes["test"], cost) / speed
-        return group_epochs * shared_epoch + sum(e * own_epoch + test for e in trial_epochs)
+    def slug_group_seconds(self, dataset: str, slug: str, part: str, batch: int,
+                           group_epochs: float, trial_epochs: Sequence[float]) -> float:
+        """`group_seconds` of a configured model (its slug) sharing `part`."""
+        return self.group_seconds(dataset, self.model_cost(slug), batch, group_epochs,
+                                  trial_epochs, part)
