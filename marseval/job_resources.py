@@ -164,7 +164,8 @@ class JobSizer:
         return self.options["cpu_gflops"] * 1e9
 
     def _cost(self, wildcards: dict[str, str]) -> dict[str, Any]:
-        return model_cost(self.models.get(wildcards.get("model", ""), ""))
+        name = self.models.get(wildcards.get("model", ""), "")
+        return {**model_cost(name), "model": name}
 
     def _final_runs(self, dataset: str, runs: int) -> list[tuple[int, int]]:
         """(epochs, batch size) of a job's final runs: the selected trial is known only
@@ -197,9 +198,11 @@ class JobSizer:
                            uses_feature_cache(self.config, task))
 
     def decoder_fraction(self, cost: dict[str, Any]) -> float | None:
-        """Measured share of a segmenter's forward FLOPs outside its encoder (none here;
-        marseval.planning has a measured table)."""
-        return None
+        """Measured share of a segmenter's forward FLOPs outside its encoder, from the
+        throughput table (`benchmarks/throughput.py`); None where it has no measurement."""
+        from marseval.planning.throughput import measured_decoder_fraction
+
+        return measured_decoder_fraction(cost.get("model", ""))
 
     def trainable_flops(self, dataset: str, cost: dict[str, Any]) -> tuple[float, str]:
         """Forward FLOPs per image of what each trial trains, and how they were obtained."""
@@ -210,8 +213,9 @@ class JobSizer:
         fraction = self.decoder_fraction(cost)
         if fraction is not None:
             return fraction * forward, "decoder: whole network minus encoder, measured FLOPs"
-        share = cost.get("trainable_params_m", 0.0) / cost.get("params_m", 1.0)
-        return share * forward, "decoder: forward FLOPs x trainable share of parameters"
+        # unmeasured: count the whole network for every trial, as if nothing were shared (a
+        # decoder's FLOPs are no fixed share of its parameters: it runs at high resolution)
+        return forward, "decoder unmeasured: the whole network, nothing shared"
 
     def group_seconds(self, dataset: str, cost: dict[str, Any], batch: int,
                       group_epochs: float, trial_epochs: Sequence[float],

@@ -78,7 +78,7 @@ def assumptions(config: dict[str, Any], options: Options, device: str, k: int) -
         "frozen-backbone classification online and segmentation, runs the frozen backbone "
         "(encoder) once; each trial pays its "
         "own head (2 x feature_dim x classes FLOPs) or decoder (its measured share of forward "
-        "FLOPs; unmeasured: its share of the parameters), "
+        "FLOPs; unmeasured: the whole network), "
         f"{options.head_step_ms:g} ms of the per-batch step overhead and its own test "
         "pass; detection shares the decoded batches only (trunk and heads entangled); on the "
         "feature cache (probe) trials are head-only already; trial by trial: every trial alone",

@@ -32,10 +32,6 @@ class PlanSizer(JobSizer):
         self.table = table
         self.head_step_ms = head_step_ms  # JobSizer's group_seconds reads it
 
-    def _cost(self, wildcards: dict[str, str]) -> dict[str, Any]:
-        return {**super()._cost(wildcards), "model": self.models.get(wildcards.get("model", ""),
-                                                                     "")}
-
     def _throughput(self, rule: str, cost: dict[str, Any] | None = None) -> float:
         """The device's FLOP/s on the job's model for jobs that run a model on a GPU; CPU jobs
         and the index searches keep job_resources' rates."""

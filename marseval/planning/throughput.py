@@ -11,6 +11,7 @@ a measured row without one rates an unmeasured model at the median of its measur
 
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 from dataclasses import dataclass, field
@@ -85,6 +86,14 @@ class ThroughputTable:
         if "decoder_gflops" in found and found.get("gflops"):
             return found["decoder_gflops"] / found["gflops"]
         return None
+
+
+@functools.cache
+def measured_decoder_fraction(model: str) -> float | None:
+    """The decoder share of `model` in the shipped table, where measured (job requests)."""
+    if not TABLE.is_file():
+        return None
+    return load_table(TABLE).decoder_fraction(model)
 
 
 def load_table(path: Path = TABLE) -> ThroughputTable:
