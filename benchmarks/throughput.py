@@ -18,7 +18,7 @@ replaces the assumption for the models it measured: `--device cuda --row a100` o
 
 Run: YOLO_OFFLINE=1 MARSEVAL_OFFLINE=1 python benchmarks/throughput.py [--row cpu]
      [--device cpu] [--threads 1] [--batch 2] [--repeats 3] [--models NAME ...]
-Writes benchmarks/results/throughput.json (other rows, and with `--models` the row's other
+Writes marseval/registry/throughput.json (other rows, and with `--models` the row's other
 models, are kept) and prints a Markdown table of the row.
 """
 
@@ -45,7 +45,7 @@ from model_costs import (  # noqa: E402  (benchmarks/ is on sys.path)
     shipped_configs,
 )
 
-OUT = REPO / "benchmarks" / "results" / "throughput.json"
+OUT = REPO / "marseval" / "registry" / "throughput.json"  # package data: planner, requests
 EFFICIENCY = 0.25
 # GPU rows that cannot be measured here: dense float16/bfloat16 tensor-core peak (vendor
 # datasheets, SXM parts, without sparsity) times EFFICIENCY. A quarter of peak is what

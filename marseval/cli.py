@@ -127,7 +127,7 @@ def _plan_command(commands) -> None:
     pl.add_argument("--head-step-ms", type=float, default=1.0,
                     help="per trial and batch: its share of the step overhead in a shared pass")
     pl.add_argument("--throughput", type=Path, default=None,
-                    help="throughput table (default: benchmarks/results/throughput.json)")
+                    help="throughput table (default: marseval/registry/throughput.json)")
     pl.add_argument("--json", type=Path, help="also write the plan here as JSON")
 
 

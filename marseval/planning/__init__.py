@@ -2,7 +2,7 @@
 before anything is submitted.
 
 - `config`: the config file validated as the workflow validates it;
-- `throughput`: the device table (`benchmarks/results/throughput.json`): FLOP/s per model;
+- `throughput`: the device table (`marseval/registry/throughput.json`): FLOP/s per model;
 - `sizing`: job_resources' work model on that device, plus shared-pass groups;
 - `epochs`: expected epochs under early stopping (one trial, the longest of a group);
 - `groups`: which trials share a backbone pass (issue 15);

@@ -1,4 +1,4 @@
-"""The throughput table (`benchmarks/results/throughput.json`, written by
+"""The throughput table (`marseval/registry/throughput.json`, written by
 `benchmarks/throughput.py`): how many FLOP/s a device sustains on each model.
 
 A row is a device. A measured row holds images/s per model at an input size, with the FLOPs
@@ -20,7 +20,7 @@ from typing import Any
 
 from marseval.errors import PlanError
 
-TABLE = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "throughput.json"
+TABLE = Path(__file__).resolve().parents[1] / "registry" / "throughput.json"
 
 
 @dataclass(frozen=True)
