@@ -9,8 +9,9 @@ trials share depends on the pair (`shared_part`):
   segmenter: the frozen backbone (encoder) runs once per batch, each trial its head (decoder);
 - `data`: detection (RetinaNet's FPN and YOLO's neck train on the frozen body inside the
   detector's own forward; Faster R-CNN in the reference protocol freezes body and FPN, so its
-  features could be shared before the RPN, not built yet) and any trained backbone (`training_type` other than
-  feature extraction): the images are decoded once per batch, every trial runs whole;
+  features could be shared before the RPN, not built yet) and any trained backbone
+  (`training_type` other than feature extraction): the images are decoded once per batch,
+  every trial runs whole;
 - `cache`: classification on the feature cache (probe protocol): features were computed once
   by the `features` job, trials are head-only already.
 """
