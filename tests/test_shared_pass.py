@@ -226,3 +226,17 @@ def test_a_pass_out_of_gpu_memory_is_split_and_keeps_what_finished(
     # 5 -> the first recorded, the other 4 in two passes of 2
     assert passes == [[0.1, 0.01, 0.001, 0.0001, 0.2], [0.01, 0.001], [0.0001, 0.2]]
     assert sorted(frame["lr"]) == sorted(grid["lr"])
+
+
+def test_detection_shares_the_batches_and_each_detector_trains_on_its_own_loss(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_bench_dense import standardized
+
+    monkeypatch.setenv("YOLO_OFFLINE", "1")
+    data = standardized(tmp_path, "mb-boulder_det", {"train": 4, "val": 2, "test": 2}, size=64)
+    experiment = open_experiment(Setup(data, "yolo11n", pretrained=False, input_size=64,
+                                       protocol="marsbench", augment=True, selection="last"))
+    hps = [HParams(weight_decay=0.0, batch_size=2, loss="default", **point)
+           for point in GRID[:3]]
+    hps = [HParams(**{**hp.__dict__, "max_epochs": min(hp.max_epochs, 2)}) for hp in hps]
+    _check_experiment(experiment, hps)

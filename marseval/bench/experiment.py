@@ -181,13 +181,14 @@ class Experiment(ABC):
     def share_trunk(self, models: list[nn.Module]) -> tuple[TrunkStep, HeadStep]:
         """How the models of one shared pass split into a shared trunk and their own heads.
 
-        Here nothing but the data is shared: each model runs whole on the same batches. Tasks
-        whose frozen part can be computed once per batch override this."""
+        Here nothing but the data is shared: each model runs whole on the same batches, as
+        the task's own step runs it (a detector's step is its loss on images and targets).
+        Tasks whose frozen part can be computed once per batch override this."""
         def trunk(batch: Any) -> tuple[Any, Any]:
-            inputs, targets = batch
-            return to_device(inputs, self.device), to_device(targets, self.device)
+            moved = to_device(batch, self.device)
+            return moved, moved[1]
 
-        return trunk, lambda model, inputs: model(inputs)
+        return trunk, lambda model, moved: self._step(model, moved)[0]
 
     def fit_group(self, hps: list[HParams], seed: int, train: Split | None = None,
                   val: Split | None = None, subset: str | None = None,
