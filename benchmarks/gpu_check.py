@@ -436,6 +436,39 @@ def tune_step(task: str) -> Callable[[Check], dict[str, Any]]:
     return action
 
 
+SHARED_TRIALS = 4  # the shared-pass step's grid: this many learning rates, one batch size
+
+
+def shared_pass_step(check: Check) -> dict[str, Any]:
+    """The classification grid of SHARED_TRIALS trials in the reference protocol (online,
+    train-mode backbone, 16-mixed on CUDA), once in one shared pass and once one trial at a
+    time: the speed-up, and how far apart the records are (equal on the CPU; CUDA kernels
+    may round differently)."""
+    import pandas as pd
+
+    task = "classification"
+    config = reference_config(check.config)
+    grid = {**wf.task_grid(config, task), "lr": [10.0 ** -k for k in range(2, 2 + SHARED_TRIALS)]}
+    runs = {}
+    for trials in (SHARED_TRIALS, 1):
+        shard = check.out("tune", task, f"-shared{trials}") / "shard0.parquet"
+        argv = ["tune", *_bench_args(check, task, config), "--grid", json.dumps(grid),
+                "--shard", "0", "--shards", "1", "--seed", "0",
+                "--shared-pass-trials", str(trials),
+                *shlex.split(wf.setup_flags(config, task)), "--out", str(shard)]
+        job = run_marseval(check, f"tune-shared:{task} ({trials} a pass)", argv)
+        runs[trials] = (job, pd.read_parquet(shard).sort_values("trial_id"))
+    (shared_job, shared), (_, alone) = runs[SHARED_TRIALS], runs[1]
+    differences = (shared["best_val_loss"].to_numpy() - alone["best_val_loss"].to_numpy())
+    return {"model": check.models[task], "trials": len(shared), **shared_job.fields(),
+            "seconds_shared": float(shared["seconds"].sum()),
+            "seconds_one_at_a_time": float(alone["seconds"].sum()),
+            "speedup": float(alone["seconds"].sum() / shared["seconds"].sum()),
+            "max_best_val_loss_difference": float(abs(differences).max()),
+            "same_epochs": bool((shared["epochs_run"].to_numpy()
+                                 == alone["epochs_run"].to_numpy()).all())}
+
+
 def _fit_basis(check: Check, task: str, command: str) -> str:
     what = ("cached feature rows (the probe protocol)" if wf.uses_feature_cache(check.config, task)
             else "images")
@@ -695,6 +728,8 @@ def steps() -> list[Step]:
                    Step(f"train:{task}", task, (f"tune:{task}",), train_step(task)),
                    Step(f"train-marsbench:{task}", task, (f"tune:{task}",),
                         train_step(task, "marsbench"))]
+    listed.append(Step("tune-shared:classification", "classification",
+                       ("tune:classification",), shared_pass_step))
     listed += [
         Step("embed:retrieval", "retrieval", ("data:retrieval",), embed_step),
         Step("index:retrieval", "retrieval", ("embed:retrieval",), index_step),

@@ -50,7 +50,7 @@ def _check(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, dic
 def cpu_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess,
                                                                dict, Path]:
     # Over 30 s (this file: 3.5 min on the 2-core machine while another test run shared it):
-    # the check is 14 marseval jobs, each its own Python process as in the workflow, and
+    # the check is 16 marseval jobs, each its own Python process as in the workflow, and
     # each spends 5 to 8 s of CPU importing torch, torchvision, timm and torchmetrics (with
     # transformers) before a second or two of tiny-size work. --jobs 2 runs the four task
     # chains side by side on the two cores.
@@ -97,6 +97,10 @@ def test_the_commands_are_the_rules_commands(cpu_run) -> None:
         assert "--features" not in reference["command"], task
         assert (reference["protocol"], reference["precision"]) == ("marsbench", "16-mixed")
         assert steps[f"train:{task}"]["protocol"] == "probe"
+    shared = steps["tune-shared:classification"]  # the grid in one pass and one at a time
+    assert shared["trials"] == 4 and "--shared-pass-trials 4" in shared["command"]
+    assert shared["max_best_val_loss_difference"] == 0.0 and shared["same_epochs"]
+    assert shared["speedup"] > 1.0
 
 
 def test_slots_go_to_distinct_fake_devices_and_a_third_claimer_waits(cpu_run) -> None:
