@@ -119,6 +119,44 @@ def test_open_clip_local_dir_loads_the_saved_weights_and_preprocessing(local_dir
     assert loaded.embed_texts(["dunes"]).shape == (1, 64)
 
 
+def _checkpoint(tmp_path: Path, image_size: int) -> tuple[object, Path]:
+    """A tiny open_clip ViT trained (here: initialised) at `image_size`, saved as a file."""
+    import open_clip
+
+    torch.manual_seed(321)
+    model = open_clip.create_model(rm._tiny_clip_arch(), force_image_size=image_size).eval()
+    path = tmp_path / f"ckpt{image_size}.pt"
+    torch.save({"state_dict": model.state_dict()}, path)
+    return model, path
+
+
+def test_a_checkpoint_loads_at_the_image_size_it_was_trained_at(tmp_path: Path) -> None:
+    """MarScope: a ViT-L-14 fine-tuned at 512 px (the reference's force_image_size=512) in
+    an architecture whose default is 224; here a tiny ViT saved at 48 px, default 32."""
+    import open_clip
+
+    model, path = _checkpoint(tmp_path, 48)
+    arch = rm._tiny_clip_arch()
+    # what open_clip does by itself: builds 32 px and interpolates the embeddings silently
+    plain = open_clip.create_model(arch, pretrained=str(path), weights_only=True)
+    assert plain.visual.positional_embedding.shape[0] == (32 // 8) ** 2 + 1
+    loaded = load_model(f"open_clip:{arch}@{path}")
+    images = rgb_images(3, size=48, seed=4)  # 48 px: resize and crop are identities
+    assert tuple(loaded.preprocess(images).shape[-2:]) == (48, 48)
+    with torch.no_grad():
+        expected = unit(model.encode_image(loaded.preprocess(images)))
+    np.testing.assert_allclose(loaded.embed_images(images), expected, atol=1e-5)
+
+
+def test_a_checkpoint_whose_positions_fit_no_square_grid_is_refused(tmp_path: Path) -> None:
+    _, path = _checkpoint(tmp_path, 48)
+    state = torch.load(path, weights_only=True)
+    state["state_dict"]["visual.positional_embedding"] = torch.zeros(12, 64)  # 11 patches
+    torch.save(state, path)
+    with pytest.raises(ModelError, match="square patch grid"):
+        load_model(f"open_clip:{rm._tiny_clip_arch()}@{path}")
+
+
 # --------------------------------------------------------------------------- transformers
 
 

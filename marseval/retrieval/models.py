@@ -7,7 +7,9 @@ Model names (the config's `retrieval.models`):
 - `open_clip:<architecture>[@<pretrained>]`: any open_clip model with a pretrained tag
   (`open_clip:ViT-L-14-quickgelu@dfn2b`) or a checkpoint file as the tag (a fine-tuned
   CLIP such as MarScope: `open_clip:ViT-L-14-quickgelu@/path/ckpt.pt`); without a tag the
-  first tag open_clip lists for the architecture.
+  first tag open_clip lists for the architecture. A checkpoint's ViT is built at the image
+  size its position embeddings were trained at (MarScope: 512 px, as the reference's
+  `force_image_size=512`), never resized to the architecture's default.
 - `open_clip:hf-hub:<org>/<repo>` and `open_clip:local-dir:<folder>`: a model published in
   open_clip's hub layout (DFN2B, SigLIP, SigLIP 2, PE-Core, Mars fine-tunes).
 - `transformers:<repo or folder>[@cls|@mean]`: a transformers model. One with
@@ -23,6 +25,7 @@ error naming the model.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn import functional as F
 
 from marseval.bench.model_building import hf_offline, offline_var
@@ -137,10 +140,14 @@ def _open_clip(name: str, arch: str, tag: str | None, device: str) -> EmbeddingM
             raise ModelError(f"open_clip architecture {arch!r} has no pretrained tag; "
                              f"name one as 'open_clip:{arch}@<tag or checkpoint file>'")
         tag = tags[0]
+    checkpoint = None if hub or tag is None or not Path(tag).is_file() else Path(tag)
+    size = _checkpoint_image_size(name, arch, checkpoint) if checkpoint else None
     with _loading(name):
         model, _, transform = open_clip.create_model_and_transforms(
-            arch, pretrained=tag, device=device, weights_only=True)
+            arch, pretrained=tag, device=device, weights_only=True, force_image_size=size)
         tokenizer = open_clip.get_tokenizer(arch)
+    if checkpoint is not None:
+        _check_not_resized(name, model, checkpoint)
     model.eval()
 
     def preprocess(images: Sequence[Image.Image]) -> Tensor:
@@ -150,6 +157,44 @@ def _open_clip(name: str, arch: str, tag: str | None, device: str) -> EmbeddingM
         return model.encode_text(tokenizer(texts).to(device))
 
     return EmbeddingModel(name, preprocess, model.encode_image, encode_text, device)
+
+
+def _checkpoint_positions(checkpoint: Path) -> Tensor | None:
+    """The ViT position embeddings (tokens, width) of an open_clip checkpoint, if it has any."""
+    from open_clip.factory import load_state_dict
+
+    state = load_state_dict(str(checkpoint), weights_only=True)
+    return state.get("visual.positional_embedding")
+
+
+def _checkpoint_image_size(name: str, arch: str, checkpoint: Path) -> int | None:
+    """The image side the checkpoint's ViT was trained at: its square patch grid (after the
+    class token) times the architecture's patch size. None for a checkpoint without ViT
+    position embeddings (a ResNet CLIP keeps its architecture's size)."""
+    import open_clip
+
+    positions = _checkpoint_positions(checkpoint)
+    if positions is None:
+        return None
+    patch = open_clip.get_model_config(arch)["vision_cfg"].get("patch_size")
+    tokens = positions.shape[0] - 1  # the class token
+    grid = math.isqrt(max(tokens, 0))
+    if patch is None or grid * grid != tokens:
+        raise ModelError(f"retrieval model {name!r}: the checkpoint's {positions.shape[0]} "
+                         f"position embeddings are no class token plus a square patch grid "
+                         f"of {arch!r}; cannot tell the image size it was trained at")
+    return grid * int(patch)
+
+
+def _check_not_resized(name: str, model: nn.Module, checkpoint: Path) -> None:
+    """open_clip interpolates position embeddings that do not fit: refuse that."""
+    positions = _checkpoint_positions(checkpoint)
+    built = getattr(model.visual, "positional_embedding", None)
+    if positions is not None and (built is None or tuple(built.shape) != tuple(positions.shape)):
+        raise ModelError(f"retrieval model {name!r}: the checkpoint's position embeddings "
+                         f"{tuple(positions.shape)} do not fit the model built "
+                         f"({None if built is None else tuple(built.shape)}); they would be "
+                         "resized, which changes the model")
 
 
 def _transformers(name: str, source: str, pooling: str | None, device: str) -> EmbeddingModel:
