@@ -155,6 +155,9 @@ def test_the_paper_is_what_users_type_plans(tmp_path: Path, workflow_env: dict[s
         assert resources["gpu"] == "1"
     train = planned_jobs(output, "train")
     assert len(train) == PAPER_JOBS["train"]
+    # geo-localization scores a tile's south-west corner, as the reference does
+    geo = [j for j in planned_jobs(output, "evaluate") if "geolocalization" in j["wildcards"]]
+    assert len(geo) == 7 and all("--location sw_corner" in j["command"] for j in geo)
     assert all(re.search(r"--seeds \d+ ", j["command"]) for j in train)  # a job per seed
 
 
