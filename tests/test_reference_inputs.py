@@ -231,7 +231,7 @@ def test_reference_squeezenet_head_is_dropout_conv_relu_pool(domars: Path) -> No
         logits = model(images)["main"]
     # oracle: torchvision's SqueezeNet with classifier[1] replaced, as the reference does
     reference = squeezenet1_1(weights=None)
-    reference.features.load_state_dict(model.backbone.trunk.state_dict())
+    reference.features.load_state_dict(model.backbone.net.state_dict())
     reference.classifier[1] = head[1]
     with torch.no_grad():
         expected = reference.eval()(images)

@@ -97,17 +97,6 @@ class _PooledFeatures(nn.Module):
         return {"main": torch.flatten(self.net(images), 1)}
 
 
-class _FeatureMap(nn.Module):
-    """A torchvision trunk's last feature map (N, D, h, w), for a head that pools it itself."""
-
-    def __init__(self, trunk: nn.Module) -> None:
-        super().__init__()
-        self.trunk = trunk
-
-    def forward(self, images: Tensor) -> dict[str, Tensor]:
-        return {"main": self.trunk(images)}
-
-
 class _InceptionFeatures(nn.Module):
     """InceptionV3 trunk returning main and auxiliary pooled features in every mode.
 
@@ -150,7 +139,10 @@ class _InceptionFeatures(nn.Module):
         return {"main": torch.flatten(x, 1), "aux": aux}
 
 
-class _TimmFeatures(nn.Module):
+class _MainOutput(nn.Module):
+    """A network whose output is the main feature as it is: timm's pooled features, or a
+    torchvision trunk's last feature map (N, D, h, w) for a head that pools it itself."""
+
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
         self.net = net
@@ -232,7 +224,7 @@ def _build_torchvision(name: str, pretrained: bool, feature_map: bool = False) -
         net.fc = nn.Identity()
         module: nn.Module = _PooledFeatures(net)
     elif name == "squeezenet1_1" and feature_map:
-        module = _FeatureMap(net.features)  # for the reference's conv head (reference_heads)
+        module = _MainOutput(net.features)  # for the reference's conv head (reference_heads)
     elif name == "squeezenet1_1":
         # The paper's head is dropout + 1x1 conv + ReLU + global pooling on the feature map;
         # the pooled heads use a linear layer on globally pooled 512-d features instead, so
@@ -304,7 +296,7 @@ def _build_timm(model_name: str, pretrained: bool) -> Backbone:
     # hidden head layer (e.g. MobileNetV3), num_features otherwise
     dim = getattr(net, "head_hidden_size", None) or net.num_features
     return Backbone(
-        module=_TimmFeatures(net),
+        module=_MainOutput(net),
         feature_dims={"main": int(dim)},
         input_size=int(height),
         mean=tuple(float(v) for v in config["mean"]),
