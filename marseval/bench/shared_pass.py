@@ -36,6 +36,7 @@ from marseval.bench.training import (
     HParams,
     LossFn,
     Progress,
+    WeightedMean,
     load_trainable_state,
     main_output,
     make_optimizer,
@@ -167,13 +168,14 @@ def fit_group(
         with trunk, torch.no_grad(), trunk_amp.autocast():
             return trunk_step(batch)
 
+    position = {id(trial): index for index, trial in enumerate(trials)}
     epoch = 0
     while active := [t for t in trials if not t.progress.finished]:
         epoch += 1
         started = time.perf_counter()
         for trial in active:
             train_mode(trial.model, frozen)  # the shared trunk's mode is the same for all
-        sums = {id(t): [None, 0] for t in active}
+        train_losses = {id(t): WeightedMean() for t in active}
         for batch in data.iterate(train_batches(epoch)):
             features, targets = forward_trunk(batch)
             for trial in active:
@@ -183,30 +185,23 @@ def fit_group(
                 trial.optimizer.zero_grad(set_to_none=True)
                 with trial.stream:
                     trial.amp.backward_and_step(loss, trial.optimizer)
-                _accumulate(sums[id(trial)], loss, len(targets))
+                train_losses[id(trial)].add(loss, len(targets))
         val_losses = _validate(active, forward_trunk, head_step, val_batches())
         spent = (time.perf_counter() - started) / len(active)
         for trial in active:
-            total, count = sums[id(trial)]
-            if total is None:
-                raise MarsevalError(f"train_batches({epoch}) yielded no batches")
+            train_loss = train_losses[id(trial)].value(f"train_batches({epoch}) yielded no "
+                                                       "batches")
             trial.progress.epoch = epoch
             lr = float(trial.optimizer.param_groups[0]["lr"])
             record_epoch(trial.progress, trial.model, trial.scheduler, trial.hp, min_delta, lr,
-                         float(total.item()) / count, val_losses[id(trial)])
+                         train_loss, val_losses[id(trial)])
             trial.seconds += spent
             if trial.progress.finished:  # the trunk's buffers of this moment go with it
                 trial.selected = selected_state(trial.progress, trial.model, selection)
                 if on_finish is not None:
-                    on_finish(trials.index(trial), _result(trial, load=False))
+                    on_finish(position[id(trial)], _result(trial, load=False))
         log.debug("shared pass epoch %d: %d of %d trials ran", epoch, len(active), len(trials))
     return [_result(trial) for trial in trials]
-
-
-def _accumulate(total: list, loss: Tensor, n: int) -> None:
-    weighted = loss.detach().double() * n
-    total[0] = weighted if total[0] is None else total[0] + weighted
-    total[1] += n
 
 
 def _validate(active: list[GroupTrial], forward_trunk: Callable[[Any], tuple[Any, Tensor]],
@@ -214,7 +209,7 @@ def _validate(active: list[GroupTrial], forward_trunk: Callable[[Any], tuple[Any
     """Each active trial's sample-weighted mean validation loss, on shared trunk passes."""
     for trial in active:
         trial.model.eval()
-    sums = {id(t): [None, 0] for t in active}
+    means = {id(t): WeightedMean() for t in active}
     with torch.no_grad():
         for batch in batches:
             features, targets = forward_trunk(batch)
@@ -222,10 +217,8 @@ def _validate(active: list[GroupTrial], forward_trunk: Callable[[Any], tuple[Any
                 with trial.amp.autocast():
                     outputs = head_step(trial.model, features)
                     loss = trial.loss_fn(main_output(outputs), targets)
-                _accumulate(sums[id(trial)], loss, len(targets))
-    if any(total is None for total, _ in sums.values()):
-        raise MarsevalError("validation got no batches")
-    return {key: float(total.item()) / count for key, (total, count) in sums.items()}
+                means[id(trial)].add(loss, len(targets))
+    return {key: mean.value("validation got no batches") for key, mean in means.items()}
 
 
 def _result(trial: GroupTrial, load: bool = True) -> FitResult:

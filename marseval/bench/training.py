@@ -227,6 +227,26 @@ def training_loss(loss_fn: LossFn, outputs: Outputs, targets: Tensor) -> Tensor:
     return loss_fn(outputs, targets)
 
 
+class WeightedMean:
+    """The sample-weighted mean of per-batch mean losses, summed on the loss's device: one
+    host sync when read, not one per batch."""
+
+    def __init__(self) -> None:
+        self.total: Tensor | None = None
+        self.count = 0
+
+    def add(self, loss: Tensor, n: int) -> None:
+        weighted = loss.detach().double() * n
+        self.total = weighted if self.total is None else self.total + weighted
+        self.count += n
+
+    def value(self, empty: str) -> float:
+        """The mean; `empty` is the error when no batch was added."""
+        if self.total is None:
+            raise MarsevalError(empty)
+        return float(self.total.item()) / self.count
+
+
 def validation_loss(model: nn.Module, step: Step, batches: Iterable, loss_fn: LossFn,
                     precision: str = "32") -> float:
     """The sample-weighted mean of per-batch losses in eval mode (no gradients).
@@ -236,19 +256,14 @@ def validation_loss(model: nn.Module, step: Step, batches: Iterable, loss_fn: Lo
     `precision`'s autocast, as Lightning's validation steps do."""
     model.eval()
     amp = MixedPrecision.for_model(precision, model)
-    total, count = None, 0
+    mean = WeightedMean()
     with torch.no_grad():
         for batch in batches:
             with amp.autocast():
                 outputs, targets = step(model, batch)
                 loss = loss_fn(main_output(outputs), targets)
-            n = len(targets)
-            weighted = loss.detach().double() * n
-            total = weighted if total is None else total + weighted
-            count += n
-    if total is None:
-        raise MarsevalError("validation got no batches")
-    return float(total.item()) / count
+            mean.add(loss, len(targets))
+    return mean.value("validation got no batches")
 
 
 def _collect(model: nn.Module, step: Step, batches: Iterable,
@@ -289,21 +304,15 @@ def _train_epoch(
 ) -> float:
     """One pass over the training batches; the sample-weighted mean training loss."""
     train_mode(model, frozen)
-    total, count = None, 0
+    mean = WeightedMean()
     for batch in batches:
         with amp.autocast():  # forward and loss, as Lightning's training_step
             outputs, targets = step(model, batch)
             loss = training_loss(loss_fn, outputs, targets)
         optimizer.zero_grad(set_to_none=True)
         amp.backward_and_step(loss, optimizer)
-        n = len(targets)
-        # accumulate on the device: one host sync per epoch, not per batch
-        weighted = loss.detach().double() * n
-        total = weighted if total is None else total + weighted
-        count += n
-    if total is None:
-        raise MarsevalError(f"train_batches({epoch}) yielded no batches")
-    return float(total.item()) / count
+        mean.add(loss, len(targets))
+    return mean.value(f"train_batches({epoch}) yielded no batches")
 
 
 # ---------------------------------------------------------------------------------------------
