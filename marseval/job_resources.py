@@ -110,7 +110,8 @@ class JobSizer:
         self.config = config
         self.options = config["job_resources"]
         self.models = {**bench_models(config), **retrieval_models(config)}
-        self._shard_runs: dict[tuple[str, int], list[tuple[int, int]]] = {}  # 8,000 jobs ask
+        # the Snakefile asks per job (8,000 in the paper): each shard's trials expand once
+        self._shard_trials: dict[tuple[str, int], list[dict[str, Any]]] = {}
         self.head_step_ms = HEAD_STEP_MS
 
     # ------------------------------------------------------------------ scheduler callables
@@ -173,22 +174,25 @@ class JobSizer:
         grid = task_grid(self.config, task_of(dataset))
         return [(max(grid["max_epochs"]), min(grid["batch_size"]))] * runs
 
-    def _shard_runs_of(self, dataset: str, index: int) -> list[tuple[int, int]]:
-        """(max_epochs, batch size) of every trial of one grid shard (the tune job's)."""
+    def _shard_trials_of(self, dataset: str, index: int) -> list[dict[str, Any]]:
+        """The trials of one grid shard (the tune job's)."""
         key = (dataset, index)
-        if key not in self._shard_runs:
+        if key not in self._shard_trials:
             spec = get_dataset(dataset)
             trials = expand(task_grid(self.config, spec.task), spec.task, spec.subtask)
-            chosen = shard(trials, index, self.config["bench"]["grid_shards"])
-            self._shard_runs[key] = [(t["max_epochs"], t["batch_size"]) for t in chosen]
-        return self._shard_runs[key]
+            self._shard_trials[key] = shard(trials, index, self.config["bench"]["grid_shards"])
+        return self._shard_trials[key]
 
-    def _shard_groups(self, dataset: str, index: int) -> list[tuple[int, list[int]]]:
-        """(batch size, max_epochs of its trials) of each shared pass of a grid shard."""
-        spec = get_dataset(dataset)
-        trials = expand(task_grid(self.config, spec.task), spec.task, spec.subtask)
-        chosen = shard(trials, index, self.config["bench"]["grid_shards"])
-        groups = shared_groups(chosen, self.config["bench"]["shared_pass_trials"])
+    def _shard_runs_of(self, dataset: str, index: int) -> list[tuple[int, int]]:
+        """(max_epochs, batch size) of every trial of one grid shard."""
+        return [(t["max_epochs"], t["batch_size"]) for t in self._shard_trials_of(dataset, index)]
+
+    def shard_groups(self, dataset: str, index: int, max_trials: int | None = None
+                     ) -> list[tuple[int, list[int]]]:
+        """(batch size, max_epochs of its trials) of each shared pass of a grid shard, at
+        most `max_trials` (default: the config's bench.shared_pass_trials) a pass."""
+        groups = shared_groups(self._shard_trials_of(dataset, index),
+                               max_trials or self.config["bench"]["shared_pass_trials"])
         return [(group[0]["batch_size"], [t["max_epochs"] for t in group]) for group in groups]
 
     def shared_part(self, dataset: str) -> str:
@@ -263,7 +267,7 @@ class JobSizer:
                                          cost)
         if rule == "tune":  # the shard's shared passes, each trial to its own max_epochs
             return sum(self.group_seconds(dataset, cost, batch, max(epochs), epochs)
-                       for batch, epochs in self._shard_groups(dataset, int(wildcards["shard"])))
+                       for batch, epochs in self.shard_groups(dataset, int(wildcards["shard"])))
         if rule == "train":  # one run per seed of the job, on the partition's images
             runs = self._final_runs(dataset, 1 if "seed" in wildcards
                                     else len(self.config["bench"]["seeds"]))

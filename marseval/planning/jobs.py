@@ -14,11 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from marseval.bench.grid import expand, shard
 from marseval.planning.epochs import expected_epochs, expected_longest
-from marseval.planning.groups import shared_groups, shared_part
+from marseval.planning.groups import shared_part
 from marseval.planning.sizing import PlanSizer
-from marseval.registry import get_dataset
 from marseval.workflow import (
     bench_models,
     bench_tasks,
@@ -26,7 +24,6 @@ from marseval.workflow import (
     partitions,
     retrieval_datasets,
     retrieval_models,
-    task_grid,
     uses_feature_cache,
 )
 
@@ -118,25 +115,21 @@ class JobPlanner:
         """The grid shards as the tune jobs run them in shared passes: each shard's trials
         in groups (`marseval.planning.groups`), one group after another."""
         fraction = self.options.expected_epoch_fraction
-        count = self.config["bench"]["grid_shards"]
         jobs = []
         for task, dataset, slug in self.pairs():
             part = self.shared_part(task)
-            trials = expand(task_grid(self.config, task), task, get_dataset(dataset).subtask)
-            for index in range(count):
-                chosen = shard(trials, index, count)
-                groups = shared_groups(chosen, self.max_trials())
+            for index in range(self.config["bench"]["grid_shards"]):
+                groups = self.sizer.shard_groups(dataset, index, self.max_trials())
                 upper = expected = 0.0
-                for group in groups:
-                    batch = group[0]["batch_size"]
-                    epochs = [t["max_epochs"] for t in group]
-                    upper += self.sizer.slug_group_seconds(dataset, slug, part, batch, max(epochs),
-                                                      epochs)
+                for batch, epochs in groups:
+                    upper += self.sizer.slug_group_seconds(dataset, slug, part, batch,
+                                                           max(epochs), epochs)
                     expected += self.sizer.slug_group_seconds(
                         dataset, slug, part, batch, expected_longest(epochs, fraction),
                         [expected_epochs(m, fraction) for m in epochs])
                 jobs.append(self._job("tune", f"{dataset}/{slug}/shard{index}", task, expected,
-                                      upper, trials=len(chosen), groups=len(groups)))
+                                      upper, trials=sum(len(e) for _, e in groups),
+                                      groups=len(groups)))
         return jobs
 
     def train(self) -> list[Job]:
