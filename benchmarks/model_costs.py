@@ -167,6 +167,15 @@ def build_detection(name: str) -> Built:
                  display_name=model.display_name)
 
 
+# open_clip hub models outside open_clip's pretrained registry, whose hub config cannot be
+# read offline: (architecture, image size, source)
+OPEN_CLIP_HUB_PROXIES = {
+    "claytonwang/MarsScope-v1": ("ViT-L-14-quickgelu", 512,
+                                 "MarScope's model card (ViT-L-14-quickgelu from DFN2B, "
+                                 "fine-tuned at 512 x 512)"),
+}
+
+
 def open_clip_architecture(hub_id: str) -> str:
     """The open_clip architecture its pretrained registry lists for hub repo `hub_id`
     (the `-quickgelu` one where both are listed: the DFN models were trained with it)."""
@@ -182,11 +191,11 @@ def open_clip_architecture(hub_id: str) -> str:
     return (quick or archs)[0]
 
 
-def _open_clip_built(arch: str, **extra: Any) -> Built:
+def _open_clip_built(arch: str, image_size: int | None = None, **extra: Any) -> Built:
     import open_clip
 
-    model = open_clip.create_model(arch, pretrained=None).eval()
-    size = open_clip.get_model_config(arch)["vision_cfg"]["image_size"]
+    model = open_clip.create_model(arch, pretrained=None, force_image_size=image_size).eval()
+    size = image_size or open_clip.get_model_config(arch)["vision_cfg"]["image_size"]
     size = size[0] if isinstance(size, list | tuple) else size
     text = n_params(model) - n_params(model.visual)
     return Built(model.encode_image, size, model.visual, loaded=model,
@@ -206,6 +215,9 @@ def build_retrieval(name: str) -> Built:
             return _open_clip_built(_tiny_clip_arch())
     if name.startswith("open_clip:"):
         arch = name[len("open_clip:"):].partition("@")[0]
+        if arch.startswith("hf-hub:") and arch[len("hf-hub:"):] in OPEN_CLIP_HUB_PROXIES:
+            arch, size, note = OPEN_CLIP_HUB_PROXIES[arch[len("hf-hub:"):]]
+            return _open_clip_built(arch, size, proxy=f"open_clip {arch} at {size} px: {note}")
         if arch.startswith("hf-hub:"):
             arch = open_clip_architecture(arch[len("hf-hub:"):])
         return _open_clip_built(arch)

@@ -55,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--detection-format", choices=["coco", "yolo", "pascal_voc"])
     st.add_argument("--strict-counts", action="store_true",
                     help="fail when split counts differ from the registry")
+    st.add_argument("--pair-image-size", type=_at_least_one, default=512,
+                    help="image-text pairs: side of the centre crop (img2dataset --image_size)")
+    st.add_argument("--pair-resize-mode", choices=["center_crop", "keep"], default="center_crop",
+                    help="image-text pairs: img2dataset's center_crop, or the image as fetched")
+    st.add_argument("--wrap-longitudes", action="store_true",
+                    help="geo-localization: move ground-truth longitudes above 180 to -180..180")
     _bench_commands(commands)
 
     rp = commands.add_parser("report", help="normalise, IQM, bootstrap, figures and tables")
@@ -204,9 +210,11 @@ def _retrieval_commands(commands) -> None:
     em.add_argument("--shard", required=True, type=int)
     em.add_argument("--shards", required=True, type=int)
     em.add_argument("--out", required=True, type=Path)
-    em.add_argument("--tile-delta", type=float, default=0.2, help="tile size in degrees")
-    em.add_argument("--tile-pixels", type=int, default=512)
-    em.add_argument("--max-abs-lat", type=float, default=80.0)
+    em.add_argument("--cells", type=Path,
+                    help="geo-localization: a cut CTX cell group (its cells are the database)")
+    em.add_argument("--caption-key", default="refined_caption",
+                    choices=["refined_caption", "ori_caption"],
+                    help="paired retrieval: which Mars-VL-Pairs caption is matched")
     em.add_argument("--batch-size", type=int, default=64)
     em.add_argument("--dtype", default="float32", choices=["float32", "float16"],
                     help="on-disk precision of the shard")
@@ -226,6 +234,10 @@ def _retrieval_commands(commands) -> None:
     qu.add_argument("--model", required=True)
     qu.add_argument("--out", required=True, type=Path)
     qu.add_argument("--batch-size", type=int, default=64)
+    qu.add_argument("--prompts", default="templates", choices=["templates", "single"],
+                    help="text queries: the reference's 3 templates averaged, or the bare phrase")
+    qu.add_argument("--landform-prompts", type=_landform_prompts, default={},
+                    help='JSON {"<class>": ["prompt", ...]}: prompts replacing the templates')
     qu.add_argument("--device", default="auto")
     qu.add_argument("--offline", action="store_true")
 
@@ -238,13 +250,62 @@ def _retrieval_commands(commands) -> None:
     ev.add_argument("--radius-deg", type=float, default=0.5)
     ev.add_argument("--radius-km", type=float, help="default: the arc of --radius-deg")
     ev.add_argument("--top-k", type=int, default=20000)
-    ev.add_argument("--k-step", type=int, default=200)
+    ev.add_argument("--k-step", type=_k_step, default="auto",
+                    help="K grid step: auto (the reference's max(1, max K // 100)) or an int")
     ev.add_argument("--location", default="centre", choices=["centre", "sw_corner"],
                     help="the point a retrieved tile stands for")
 
     rr = commands.add_parser("retrieval-report", help="summary tables and figures of a task")
     rr.add_argument("--out", required=True, type=Path)
     rr.add_argument("evaluations", nargs="+", type=Path)
+    _ctx_commands(commands)
+
+
+def _ctx_commands(commands) -> None:
+    cd = commands.add_parser("ctx-download", help="fetch one group of CTX mosaic tiles")
+    cd.add_argument("--tiles", required=True, type=lambda t: t.split(","),
+                    help="tile keys, comma-separated (E-004_N-32,...)")
+    cd.add_argument("--source", required=True,
+                    help="base URL of the tile archives, or a local folder of them")
+    cd.add_argument("--out", required=True, type=Path)
+    cd.add_argument("--workers", type=int, default=4, help="parallel downloads")
+    cd.add_argument("--retries", type=int, default=5)
+    cd.add_argument("--offline", action="store_true")
+
+    cc = commands.add_parser("ctx-cells", help="cut one group of CTX tiles into cells")
+    cc.add_argument("--group", required=True, type=Path, help="a ctx-download folder")
+    cc.add_argument("--tiles", type=lambda t: t.split(","),
+                    help="the tile keys the group must hold (a stale folder stops the job)")
+    cc.add_argument("--out", required=True, type=Path)
+    cc.add_argument("--delta", type=float, default=0.2, help="cell size in degrees")
+    cc.add_argument("--pixels", type=int, default=512)
+    cc.add_argument("--drop-empty", action="store_true",
+                    help="leave out all-nodata cells (the reference keeps them)")
+    cc.add_argument("--workers", type=int, default=1)
+
+
+def _landform_prompts(value: str) -> dict[str, list[str]]:
+    try:
+        prompts = json.loads(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc})") from None
+    if not isinstance(prompts, dict) or not all(
+            isinstance(v, list) and v and all(isinstance(p, str) and p.strip() for p in v)
+            for v in prompts.values()):
+        raise argparse.ArgumentTypeError('needs {"<class>": ["prompt", ...], ...}')
+    return prompts
+
+
+def _k_step(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        step = int(value)
+    except ValueError:
+        step = 0
+    if step < 1:
+        raise argparse.ArgumentTypeError(f"'auto' or a positive int, not {value!r}")
+    return step
 
 
 def run_retrieval(args: argparse.Namespace) -> None:
@@ -258,12 +319,11 @@ def run_retrieval(args: argparse.Namespace) -> None:
 
         device = resolve_device(device)
     if args.command == "embed":
-        from marseval.retrieval.embed import TileOptions, embed_shard
+        from marseval.retrieval.embed import embed_shard
 
-        tiles = TileOptions(args.tile_delta, args.tile_pixels, args.max_abs_lat)
         done = embed_shard(args.dataset_dir, args.model, args.shard, args.shards, args.out,
-                           tiles=tiles, batch_size=args.batch_size, device=device,
-                           dtype=args.dtype)
+                           cells=args.cells, batch_size=args.batch_size, device=device,
+                           dtype=args.dtype, caption_key=args.caption_key)
         print(f"embedded {done['rows']} items in {done['seconds']:.1f} s into {args.out}")
     elif args.command == "index":
         from marseval.retrieval.index import build_index
@@ -275,7 +335,8 @@ def run_retrieval(args: argparse.Namespace) -> None:
         from marseval.retrieval.queries import build_queries
 
         modes = build_queries(args.dataset_dir, args.model, args.out, device=device,
-                              batch_size=args.batch_size)
+                              batch_size=args.batch_size, prompts=args.prompts,
+                              landform_prompts=args.landform_prompts)
         print(f"queries ({', '.join(modes)}) in {args.out}")
     elif args.command == "evaluate":
         from marseval.retrieval.evaluate import GeoOptions, evaluate
@@ -371,6 +432,9 @@ def run(args: argparse.Namespace) -> None:
               f"dropped (max == min): {summary['dropped_datasets'] or 'none'}; "
               f"left out: {summary['excluded_datasets'] or 'none'}")
         return
+    if args.command in CTX_COMMANDS:
+        run_ctx(args)
+        return
     if args.command == "download":
         from marseval.fetch import download, set_offline
 
@@ -378,10 +442,14 @@ def run(args: argparse.Namespace) -> None:
         download(args.dataset, args.source, args.out, args.options)
         print(f"{args.dataset}: raw {args.source} data in {args.out}")
     elif args.command == "standardize":
+        from marseval.data.retrieval import RetrievalOptions
         from marseval.data.standardize import standardize
 
+        options = RetrievalOptions(args.pair_image_size, args.pair_resize_mode,
+                                   args.wrap_longitudes)
         meta = standardize(args.raw, args.out, args.dataset, args.source, args.fractions,
-                           args.fewshot, args.seed, args.detection_format, args.strict_counts)
+                           args.fewshot, args.seed, args.detection_format, args.strict_counts,
+                           options)
         print(f"{args.dataset}: standardized {meta['splits']} into {args.out}")
     elif args.command == "summarize-data":
         from marseval.data.summary import write_summary
@@ -403,6 +471,29 @@ def run(args: argparse.Namespace) -> None:
 
         table = write_usage_table(args.benchmarks, args.config, args.out)
         print(table.to_string(index=False))
+
+
+CTX_COMMANDS = {"ctx-download", "ctx-cells"}
+
+
+def run_ctx(args: argparse.Namespace) -> None:
+    if args.command == "ctx-download":
+        from marseval.fetch import set_offline
+        from marseval.retrieval.ctx.catalog import parse_tile
+        from marseval.retrieval.ctx.fetch import fetch_group
+
+        set_offline(args.offline)
+        found = fetch_group([parse_tile(key) for key in args.tiles], args.source, args.out,
+                            workers=args.workers, retries=args.retries)
+        print(f"{len(found['tiles'])} CTX tiles in {args.out}")
+    else:
+        from marseval.retrieval.ctx.cells import CellOptions, cut_group
+        from marseval.retrieval.ctx.fetch import GROUP_VRT
+
+        options = CellOptions(args.delta, args.pixels, args.drop_empty)
+        done = cut_group(args.group / GROUP_VRT, args.out, options, workers=args.workers,
+                         expected=args.tiles)
+        print(f"{done['cells']} cells ({done['empty_cells']} empty) in {args.out}")
 
 
 def claims_gpu(args: argparse.Namespace) -> bool:

@@ -15,10 +15,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from marseval.atomic import atomic_directory
+from marseval.atomic import atomic_directory, atomic_write_json
 from marseval.data.download import OFFLINE_ENV_VARS
 from marseval.errors import MarsevalError
 from marseval.registry import get_dataset
+
+SOURCE_RECORD = ".marseval_source.json"  # in a raw folder: the repository and commit fetched
 
 
 def set_offline(offline: bool) -> None:
@@ -118,6 +120,10 @@ def _huggingface(spec, out: Path, options: dict[str, Any]) -> None:
         # into staging, before the hub bookkeeping goes: a crash here resumes both
         _fetch_pair_images(spec, staging, options)
     shutil.rmtree(staging / ".cache", ignore_errors=True)  # hub bookkeeping, not data
+    # which commit was fetched: standardization copies it into meta.json (pin it with
+    # dataset_options.<name>.revision)
+    atomic_write_json(staging / SOURCE_RECORD, {"huggingface": repo, "requested": revision,
+                                                "commit": info.sha})
     _publish(staging, out)
 
 
@@ -130,7 +136,10 @@ def _fetch_pair_images(spec, root: Path, options: dict[str, Any]) -> None:
     from marseval.data.retrieval import pair_image_urls
 
     items = pair_image_urls(root, spec)
-    report = fetch_images(items, root / "images", base=root, retries=options.get("retries", 3),
+    # img2dataset's --timeout 10 --retries 3 unless the config says otherwise
+    report = fetch_images(items, root / "images", base=root,
+                          retries=options.get("image_retries", 3),
+                          timeout=options.get("image_timeout", 10),
                           workers=options.get("image_workers", 8))
     if report.failed and not report.fetched + report.skipped_existing:
         key, url, reason = report.failed[0]

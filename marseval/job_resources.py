@@ -30,6 +30,8 @@ import yaml
 
 from marseval.bench.grid import expand, shard, shared_groups, shared_part
 from marseval.registry import get_dataset
+from marseval.retrieval.ctx.catalog import cells_per_tile, ctx_tiles
+from marseval.retrieval.ctx.plan import embed_shard_count, group_cells, run_groups
 from marseval.workflow import (
     bench_models,
     retrieval_models,
@@ -43,6 +45,10 @@ from marseval.workflow import (
 # Mars-VL-Pairs has 2,287 rows (its dataset card); Mars-Landforms is "1K-10K" images (its card:
 # the upper end is taken). The geo-localization database is the tile grid (computed).
 RETRIEVAL_ITEMS = {"paired": 2287, "landform": 10000}
+# One Murray Lab CTX V01 archive: a 47,420 x 47,420 8-bit GeoTIFF of 2,254,080,140 bytes,
+# zipped to about 2 GB (3,960 archives take about 8 TB: github.com/delhoume/bigmars)
+CTX_ARCHIVE_MB = 2000 * 1e6 / 2**20
+CELL_WORKER_MB = 500
 # A model missing from model_costs.yaml (a user's own) is sized as this measured one.
 DEFAULT_MODEL = "vit_l_16"
 BENCH_RULES = ("features", "tune", "train")
@@ -80,9 +86,9 @@ def database_items(config: dict[str, Any], dataset: str) -> int:
     """Items a retrieval database holds: pairs, gallery images or mosaic tiles."""
     subtask = get_dataset(dataset).subtask
     options = config["retrieval"]
-    if subtask == "geolocalization":  # the tile grid (marseval.retrieval.tiles.tile_grid)
-        delta = options["tile_delta"]
-        return round(360 / delta) * round(2 * options["max_abs_lat"] / delta)
+    if subtask == "geolocalization":  # the cells of the run's CTX tiles
+        tiles = ctx_tiles(options["max_abs_lat"], options["ctx"]["region"])
+        return len(tiles) * cells_per_tile(options["tile_delta"])
     if source_of(config, dataset) == "synthetic":
         synthetic = config["synthetic"]["retrieval"]
         if subtask == "paired":
@@ -143,7 +149,9 @@ class JobSizer:
         embed images in-process (features, embed, queries) and index searches: 2."""
         if rule in ("tune", "train"):
             return 1 + self.config["bench"]["num_workers"]
-        return 1 if rule in ("download", "standardize") else 2
+        if rule == "ctx_cells":
+            return self.config["retrieval"]["ctx"]["cut_workers"]
+        return 1 if rule in ("download", "standardize", "ctx_download") else 2
 
     # ------------------------------------------------------------------ estimates
 
@@ -262,6 +270,12 @@ class JobSizer:
         cost = self._cost(wildcards)
         if rule in ("download", "standardize"):
             return self._data_seconds(dataset)
+        if rule == "ctx_download":  # the largest group's archives, at io_mb_per_s
+            tiles = max(len(group) for group in run_groups(self.config))
+            return tiles * CTX_ARCHIVE_MB / self.options["io_mb_per_s"]
+        if rule == "ctx_cells":  # the cells of the largest group, spread over the workers
+            return (group_cells(self.config) * self.options["cell_ms"] / 1000
+                    / self.threads("ctx_cells"))
         if rule == "features":
             return self._forward_seconds(rule, sum(split_sizes(self.config, dataset).values()),
                                          cost)
@@ -286,7 +300,9 @@ class JobSizer:
                         + self.options["image_overhead_ms"] / 1000)
 
     def _shard_items(self, dataset: str) -> float:
-        return database_items(self.config, dataset) / self.config["retrieval"]["embed_shards"]
+        if get_dataset(dataset).subtask == "geolocalization":
+            return group_cells(self.config)
+        return database_items(self.config, dataset) / embed_shard_count(self.config, dataset)
 
     def _training_seconds(self, rule: str, dataset: str, runs: list[tuple[int, int]],
                           partition: str | None, cost: dict[str, Any]) -> float:
@@ -313,7 +329,7 @@ class JobSizer:
         if spec.task == "retrieval":
             items = database_items(self.config, dataset)
             if spec.subtask == "geolocalization":
-                items = 0  # a mosaic, not the tiles: sized by the overhead alone
+                items = 0  # queries and ground truth: the cells are ctx_cells jobs
             pixels = 512 * 512 * 3
         else:
             items = sum(split_sizes(self.config, dataset).values())
@@ -333,6 +349,8 @@ class JobSizer:
         if rule == "features":  # the cache of every image, written at the end
             images = sum(split_sizes(self.config, dataset).values())
             return weights + images * cost["feature_dim"] * 4 / MB
+        if rule == "ctx_cells":  # per worker: one tile's PNG cells and GDAL's block cache
+            return self.threads(rule) * CELL_WORKER_MB
         if rule == "embed":
             return weights + self._shard_items(dataset) * cost["feature_dim"] * 4 / MB
         if rule in ("index", "evaluate"):

@@ -24,8 +24,12 @@ COLUMNS = ["rule", "dataset", "model", "job", "seconds", "max_rss_mb", "cpu_time
 
 
 def job_wildcards(relative: Path) -> tuple[str, dict[str, str]]:
-    """`tune/mb-frost_cls/timm-resnet10t/shard0.tsv` -> ("tune", {dataset, model, shard})."""
-    rule, dataset, *rest = relative.with_suffix("").parts
+    """`tune/mb-frost_cls/timm-resnet10t/shard0.tsv` -> ("tune", {dataset, model, shard});
+    `ctx_cells/group003-1a2b3c4d.tsv` (no dataset or model) -> ("ctx_cells", {group})."""
+    rule, *parts = relative.with_suffix("").parts
+    if len(parts) == 1 and (match := re.fullmatch(r"group(\d{3}-[0-9a-f]{8})", parts[0])):
+        return rule, {"dataset": "", "model": "", "group": match[1]}
+    dataset, *rest = parts
     wildcards = {"dataset": dataset, "model": rest[0]}
     for part in rest[1:]:
         if match := re.fullmatch(r"shard(\d+)", part):

@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from marseval.registry import RegistryError, get_dataset, load_registry
+from marseval.retrieval.ctx.plan import embed_shard_count, group_ids, synthetic_ctx_options
 
 SOURCES = ("synthetic", "huggingface", "zenodo")
 
@@ -134,12 +135,30 @@ def download_options(config: dict[str, Any], name: str) -> str:
     for key in ("huggingface", "revision", "zenodo_record"):
         if key in options:
             merged[key] = options[key]
+    if get_dataset(name).subtask == "geolocalization":  # the fake CTX tiles of this run
+        merged["retrieval"] = {**synthetic["retrieval"], "ctx": synthetic_ctx_options(config)}
+    if get_dataset(name).subtask == "paired":
+        # only where images are fetched by URL: a changed param reruns a download
+        merged["image_timeout"] = config["download"]["image_timeout"]
+        merged["image_retries"] = config["download"]["image_retries"]
     return json.dumps(merged, sort_keys=True)
 
 
 def detection_format_flag(config: dict[str, Any], name: str) -> str:
     fmt = dataset_options(config, name).get("detection_format")
     return f"--detection-format {fmt}" if fmt else ""
+
+
+def retrieval_standardize_flags(config: dict[str, Any], name: str) -> str:
+    """Flags of `python -m marseval standardize` for MarsRetrieval datasets: pair-image
+    preprocessing (download.pair_*) and longitude wrapping; none for the others."""
+    subtask = get_dataset(name).subtask
+    if subtask == "paired":
+        return (f"--pair-image-size {config['download']['pair_image_size']} "
+                f"--pair-resize-mode {config['download']['pair_resize_mode']}")
+    if subtask == "geolocalization" and dataset_options(config, name).get("wrap_longitudes"):
+        return "--wrap-longitudes"
+    return ""
 
 
 def model_slug(name: str) -> str:
@@ -346,6 +365,33 @@ def evaluate_inputs(config: dict[str, Any]):
     return inputs
 
 
+def embedding_shards(config: dict[str, Any], dataset: str, model: str) -> list[str]:
+    """The embedding shard folders of one database and model, in database order."""
+    return [f"{config['results']}/retrieval/embeddings/{dataset}/{model}/shard{i}"
+            for i in range(embed_shard_count(config, dataset))]
+
+
+def embed_inputs(config: dict[str, Any]):
+    """Input function of embed: the dataset, and for geo-localization the shard's cell group."""
+    results = config["results"]
+
+    def inputs(wildcards) -> dict[str, str]:
+        found = {"data": f"{results}/data/{wildcards.dataset}"}
+        if get_dataset(wildcards.dataset).subtask == "geolocalization":
+            group = group_ids(config)[int(wildcards.shard)]
+            found["cells"] = f"{results}/retrieval/cells/group{group}"
+        return found
+
+    return inputs
+
+
+def embed_shard_flags(config: dict[str, Any], wildcards, input) -> str:
+    """A cell group is the whole database of its shard; other shards split the samples."""
+    if get_dataset(wildcards.dataset).subtask == "geolocalization":
+        return f"--shard 0 --shards 1 --cells {input.cells}"
+    return f"--shard {wildcards.shard} --shards {config['retrieval']['embed_shards']}"
+
+
 def _encoder_job_flags(config: dict[str, Any]) -> list[str]:
     """Flags of every job that runs an embedding model (embed, queries)."""
     options = config["retrieval"]
@@ -354,11 +400,9 @@ def _encoder_job_flags(config: dict[str, Any]) -> list[str]:
 
 
 def embed_flags(config: dict[str, Any]) -> str:
-    options = config["retrieval"]
-    return " ".join([f"--tile-delta {options['tile_delta']}",
-                     f"--tile-pixels {options['tile_pixels']}",
-                     f"--max-abs-lat {options['max_abs_lat']}",
-                     f"--dtype {options['embed_dtype']}", *_encoder_job_flags(config)])
+    return " ".join([f"--dtype {config['retrieval']['embed_dtype']}",
+                     f"--caption-key {config['retrieval']['caption_key']}",
+                     *_encoder_job_flags(config)])
 
 
 def index_flags(config: dict[str, Any]) -> str:
@@ -371,7 +415,15 @@ def index_flags(config: dict[str, Any]) -> str:
 
 
 def queries_flags(config: dict[str, Any]) -> str:
-    return " ".join(_encoder_job_flags(config))
+    """Flags of the queries job: the prompt style, and per-class prompts as one quoted JSON."""
+    import shlex
+
+    options = config["retrieval"]
+    flags = [f"--prompts {options.get('prompts', 'templates')}"]
+    if options.get("landform_prompts"):
+        spec = json.dumps(options["landform_prompts"], sort_keys=True)
+        flags.append(f"--landform-prompts {shlex.quote(spec)}")
+    return " ".join(flags + _encoder_job_flags(config))
 
 
 def evaluate_flags(config: dict[str, Any]) -> str:

@@ -317,9 +317,19 @@ def _error_line(stderr: str) -> str:
 
 
 def _published_files(out: Path) -> dict[str, bytes]:
+    """The repository's files in a download (the download record aside)."""
+    from marseval.fetch import SOURCE_RECORD
+
     return {
-        p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()
+        p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
+        if p.is_file() and p.name != SOURCE_RECORD
     }
+
+
+def _fetched(out: Path) -> dict:
+    from marseval.fetch import SOURCE_RECORD
+
+    return json.loads((out / SOURCE_RECORD).read_text())
 
 
 # --------------------------------------------------------------------------- tests
@@ -356,7 +366,10 @@ def test_download_then_standardize(
         for p in gets + hub.paths_requested("HEAD")
     ), hub.requests
 
+    # the commit fetched is recorded, and standardization carries it into meta.json
+    assert _fetched(out) == {"huggingface": REPO_ID, "requested": None, "commit": SHA}
     meta = standardize(out, tmp_path / "std", DATASET, "huggingface", [0.5, 1.0], [1])
+    assert meta["fetched"]["commit"] == SHA
     assert meta["splits"] == SAMPLES
     assert meta["layout"] == "huggingface"
     assert meta["upstream_subsets"] == sorted(raw.subsets)  # the subset files came along too
@@ -379,6 +392,7 @@ def test_registry_repo_and_pinned_revision(hub: FakeHub, hub_repo, tmp_path: Pat
     download(DATASET, "huggingface", out, {"revision": OLD_SHA})
     assert _published_files(out) == hub.commits[OLD_SHA]
     assert _published_files(out) != files  # not what main points at
+    assert _fetched(out) == {"huggingface": REPO_ID, "requested": OLD_SHA, "commit": OLD_SHA}
     file_paths = {p for p in hub.paths_requested("GET") if "/resolve/" in p}
     assert file_paths == {
         f"/datasets/{REPO_ID}/resolve/{OLD_SHA}/{p}" for p in hub.commits[OLD_SHA]

@@ -137,32 +137,32 @@ def test_failures_listed_with_reasons_and_retries(server: Images, tmp_path: Path
         ("html", server.image("/page.jpg", HTML, "text/html")),
         ("flaky", flaky),
         ("down", server.serve("/down.png", (502, "text/plain", b"bad gateway"))),
-        ("huge", server.image("/huge.png", PNG + b"\0" * 5000)),
+        ("big", server.image("/big.png", PNG + b"\0" * 5000)),  # no size cap (img2dataset)
     ]
-    report = fetch_images(items, dest, retries=2, backoff=0, max_bytes=4000)
+    report = fetch_images(items, dest, retries=2, backoff=0)
 
-    assert report.fetched == 2 and sorted(files_in(dest)) == ["flaky.png", "ok.png"]
+    assert report.fetched == 3 and sorted(files_in(dest)) == ["big.png", "flaky.png", "ok.png"]
     assert files_in(dest)["flaky.png"] == PNG
+    assert len(files_in(dest)["big.png"]) == len(PNG) + 5000
     reasons = {key: reason for key, _, reason in report.failed}
     assert reasons == {
         "down": "HTTP 502 (gave up after 3 attempts)",
         "gone": "HTTP 404 Not Found",
         "html": "not an image",
-        "huge": f"larger than 4000 bytes ({len(PNG) + 5000})",
     }
     assert server.hits["/flaky.png"] == 3 and server.hits["/down.png"] == 3
     assert server.hits["/gone.png"] == 1  # a 404 is not retried
     # the list on disk is the report, sorted by key; URLs as given
     assert read_failures(dest.parent / FAILURES_FILE) == report.failed
-    assert [k for k, _, _ in report.failed] == ["down", "gone", "html", "huge"]
+    assert [k for k, _, _ in report.failed] == ["down", "gone", "html"]
     assert dict((k, u) for k, u, _ in report.failed)["gone"] == server.url("/gone.png")
 
     # the links come back: the rerun fetches them and the list is rewritten without them
     server.image("/down.png")
     server.image("/gone.png", JPEG, "image/jpeg")
-    again = fetch_images(items, dest, retries=2, backoff=0, max_bytes=4000)
-    assert (again.fetched, again.skipped_existing) == (2, 2)
-    assert [k for k, _, _ in read_failures(dest.parent / FAILURES_FILE)] == ["html", "huge"]
+    again = fetch_images(items, dest, retries=2, backoff=0)
+    assert (again.fetched, again.skipped_existing) == (2, 3)
+    assert [k for k, _, _ in read_failures(dest.parent / FAILURES_FILE)] == ["html"]
     assert files_in(dest)["gone.jpg"] == JPEG
 
 
@@ -179,6 +179,44 @@ def test_rerun_fetches_only_what_is_missing(server: Images, tmp_path: Path) -> N
     assert server.hits == Counter({"/2.png": 1})
     assert files_in(dest)["002.png"] == encode("PNG", 2)
     assert sorted(files_in(dest)) == [f"{i:03d}.png" for i in range(6)]  # temporary removed
+
+
+def test_absurd_pixel_counts_are_listed_not_fetched(server: Images, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """No byte cap and no PIL bomb limit, but a pixel cap (1e9) named in the failure list."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # PIL alone would refuse 8 x 6
+    monkeypatch.setattr(image_fetch, "MAX_PIXELS", 47)
+    dest = tmp_path / "raw" / "images"
+    report = fetch_images([("wide", server.image("/wide.png"))], dest)
+    assert report.failed == [("wide", server.url("/wide.png"),
+                              "8x6 = 48 pixels, above the limit of 47")]
+    monkeypatch.setattr(image_fetch, "MAX_PIXELS", 48)
+    assert fetch_images([("wide", server.image("/wide.png"))], dest).fetched == 1
+
+
+def test_pair_download_passes_the_reference_timeout_and_retries(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from marseval.fetch import _fetch_pair_images
+
+    raw = pairs_raw_plain(tmp_path)
+    seen: dict = {}
+
+    def record(items, dest, **kwargs):
+        seen.update(kwargs)
+        return image_fetch.FetchReport(fetched=len(items))
+
+    monkeypatch.setattr(image_fetch, "fetch_images", record)
+    _fetch_pair_images(get_dataset(PAIRS), raw, {})
+    assert (seen["timeout"], seen["retries"], seen["workers"]) == (10, 3, 8)
+    _fetch_pair_images(get_dataset(PAIRS), raw, {"image_timeout": 2.5, "image_retries": 0,
+                                                 "retries": 9})
+    assert (seen["timeout"], seen["retries"]) == (2.5, 0)
+
+
+def pairs_raw_plain(tmp_path: Path) -> Path:
+    raw = tmp_path / "raw"
+    write_retrieval(get_dataset(PAIRS), raw, seed=0, size=16, opts=PAIR_OPTS)
+    return raw
 
 
 @pytest.mark.parametrize("key", ["../escape", "sub/dir", "back\\slash", "..", ".hidden", ""])

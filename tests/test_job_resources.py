@@ -87,17 +87,27 @@ def test_final_run_on_the_feature_cache() -> None:
     assert train_images(config, "mb-domars16k", "fraction_0.10") == 1130
 
 
-def test_embedding_shard_of_the_global_tile_grid() -> None:
+def test_geo_jobs_are_sized_by_ctx_group() -> None:
     config = validated({"datasets": ["mr-geolocalization"], "source": "huggingface",
                         "retrieval": {"models": ["tiny-clip"], "embed_shards": 8,
                                       "tile_delta": 0.2, "max_abs_lat": 80}})
     sizer = JobSizer(config)
-    assert database_items(config, "mr-geolocalization") == 1800 * 800
+    assert database_items(config, "mr-geolocalization") == 3600 * 400
     wildcards = {"dataset": "mr-geolocalization", "model": "tiny-clip", "shard": "3"}
-    # 180,000 tiles x (80 GFLOP / 20 TFLOP/s + 2 ms) = 1080 s; 5 + 2 x 18 = 41 minutes
-    assert sizer.runtime_minutes("embed", wildcards) == 41
-    # 4000 + 2 x 1200 + 180,000 x 768 x 4 B (527.34 MB)
-    assert sizer.memory_mb("embed", wildcards) == 6928
+    # a shard is one group of 40 CTX tiles: 16,000 cells x (80 GFLOP / 20 TFLOP/s + 2 ms)
+    # = 96 s; 5 + 2 x 1.6 minutes, at least 10
+    assert sizer.runtime_minutes("embed", wildcards) == 10
+    # 4000 + 2 x 1200 + 16,000 x 768 x 4 B (46.875 MB)
+    assert sizer.memory_mb("embed", wildcards) == 6447
+    group = {"group": "003-0a1b2c3d"}
+    # 40 archives of 2,000 MB (1907.35 MiB) at 20 MiB/s = 3814.7 s: 5 + 2 x 63.58 minutes
+    assert sizer.runtime_minutes("ctx_download", group) == 133
+    # 16,000 cells x 100 ms on 4 workers = 400 s: 5 + 2 x 6.67 minutes; 500 MB a worker
+    assert sizer.threads("ctx_cells") == 4 and sizer.runtime_minutes("ctx_cells", group) == 19
+    assert sizer.memory_mb("ctx_cells", group) == 4000 + 4 * 500
+    regional = validated({"datasets": ["mr-geolocalization"], "retrieval": {
+        "tile_delta": 1.0, "ctx": {"region": [-40, -20, 40, 20], "tiles_per_group": 50}}})
+    assert database_items(regional, "mr-geolocalization") == 200 * 16
 
 
 def test_gpus_and_threads_follow_the_config() -> None:
@@ -150,6 +160,8 @@ def test_job_wildcards_from_benchmark_paths() -> None:
         "train", {"dataset": "mb-frost_cls", "model": "resnet101", "partition": "default"})
     assert job_wildcards(Path("index/mr-landforms/tiny-clip.tsv")) == (
         "index", {"dataset": "mr-landforms", "model": "tiny-clip"})
+    assert job_wildcards(Path("ctx_cells/group012-0a1b2c3d.tsv")) == (
+        "ctx_cells", {"dataset": "", "model": "", "group": "012-0a1b2c3d"})
 
 
 def test_a_broken_benchmark_file_names_itself(tmp_path: Path) -> None:

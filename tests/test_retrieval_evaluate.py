@@ -93,6 +93,9 @@ def test_landform_ap_matches_sklearn(tmp_path: Path) -> None:
         assert (tmp_path / "summary-landform" / name).stat().st_size > 0
 
 
+LANDFORMS = ["alluvial_fans", "pitted_cones"]  # two of the registry's five
+
+
 def _geo_fixture(tmp_path: Path) -> tuple[Path, Path, Path]:
     """Tiles of 10 degrees; the tiles holding a landform's two sites embed as that landform's
     vector, all others as a third vector. Sites sit on tile centres."""
@@ -105,13 +108,11 @@ def _geo_fixture(tmp_path: Path) -> tuple[Path, Path, Path]:
         for lon, lat in points:
             row, col = cell_of(lon, lat, 10.0, 80.0)
             embeddings[row * 36 + col] = vectors[label]
-            truth.append({"landform": ["fans", "cones"][label], "label": label,
-                          "lon": lon, "lat": lat})
-    data = _dataset(tmp_path, "geolocalization", ["fans", "cones"])
+            truth.append({"landform": LANDFORMS[label], "label": label, "lon": lon, "lat": lat})
+    data = _dataset(tmp_path, "geolocalization", LANDFORMS)
     pd.DataFrame(truth).to_parquet(data / "ground_truth.parquet")
     index = _index(tmp_path, "tiles", embeddings, tiles, shards=4)
-    write_queries(tmp_path / "geo.npz", {"text": vectors[:2], "image": vectors[:2]},
-                  ["fans", "cones"])
+    write_queries(tmp_path / "geo.npz", {"text": vectors[:2], "image": vectors[:2]}, LANDFORMS)
     return data, index, tmp_path / "geo.npz"
 
 
@@ -123,7 +124,7 @@ def test_geolocalization_by_hand(tmp_path: Path) -> None:
     assert record["ks"] == list(range(1, 11))
     assert record["radius_km"] == pytest.approx(np.radians(1.0) * 3396.19)
     for mode in ("text", "image"):
-        for landform in ("fans", "cones"):
+        for landform in ("alluvial_fans", "pitted_cones"):
             entry = record["metrics"][mode]["per_landform"][landform]
             for metric in ("degrees", "km"):
                 # K=1: P 1, R 0.5; K=2: P 1, R 1 (best F1); K>2: recall stays 1.
@@ -135,7 +136,7 @@ def test_geolocalization_by_hand(tmp_path: Path) -> None:
     at_10 = curves[(curves.k == 10) & (curves.metric == "degrees")]
     assert at_10["precision"].to_numpy() == pytest.approx(0.2)
     retrieved = pd.read_parquet(out / "retrieved.parquet")
-    top = retrieved[(retrieved["mode"] == "text") & (retrieved["landform"] == "fans")
+    top = retrieved[(retrieved["mode"] == "text") & (retrieved["landform"] == "alluvial_fans")
                     & (retrieved["rank"] <= 2)]
     assert sorted(zip(top.lon, top.lat, strict=True)) == [(-175.0, -75.0), (35.0, 45.0)]
 
@@ -155,15 +156,57 @@ def test_sw_corner_convention_moves_predictions(tmp_path: Path) -> None:
         geo = GeoOptions(radius_deg=radius, top_k=2, k_step=2, convention="sw_corner")
         record = evaluate(data, index, tmp_path / f"eval-{radius}", model="m",
                           queries_path=queries, geo=geo)
-        assert record["metrics"]["text"]["per_landform"]["fans"]["degrees"]["recall"] == expected
+        fans = record["metrics"]["text"]["per_landform"]["alluvial_fans"]
+        assert fans["degrees"]["recall"] == expected
 
 
 def test_queries_of_another_model_are_refused(tmp_path: Path) -> None:
     data, index, _ = _geo_fixture(tmp_path)
-    write_queries(tmp_path / "wide.npz", {"text": np.eye(2, 5, dtype=np.float32)},
-                  ["fans", "cones"])
+    write_queries(tmp_path / "wide.npz", {"text": np.eye(2, 5, dtype=np.float32)}, LANDFORMS)
     out = tmp_path / "eval-wrong"
     with pytest.raises(IndexMismatchError, match="3-d embeddings; queries are 5-d"):
         evaluate(data, index, out, model="m", queries_path=tmp_path / "wide.npz")
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".eval-wrong")]
+
+
+def test_k_grid_defaults_to_the_references_auto_step(tmp_path: Path) -> None:
+    # 36 x 16 = 576 tiles: top 400 -> step 4; top 20,000 -> max_k 576, step 5, 576 appended
+    data, index, queries = _geo_fixture(tmp_path)
+    for top_k, expected in ((10, list(range(1, 11))), (400, list(range(4, 401, 4))),
+                            (20000, [*range(5, 576, 5), 576])):
+        record = evaluate(data, index, tmp_path / f"eval-{top_k}", model="m",
+                          queries_path=queries, geo=GeoOptions(radius_deg=1.0, top_k=top_k))
+        assert record["k_step"] == "auto"
+        assert record["ks"] == expected
+    fixed = evaluate(data, index, tmp_path / "eval-fixed", model="m", queries_path=queries,
+                     geo=GeoOptions(radius_deg=1.0, top_k=400, k_step=150))
+    assert fixed["ks"] == [150, 300, 400]
+
+
+def test_only_the_registrys_landforms_are_scored(tmp_path: Path, caplog) -> None:
+    # a third ground-truth file, "dunes", is not a landform of mr-geolocalization's registry
+    # entry: it is left out with a warning, and the two others keep their rows' queries
+    data, index, _ = _geo_fixture(tmp_path)
+    truth = pd.read_parquet(data / "ground_truth.parquet")
+    truth["label"] += 1
+    dunes = pd.DataFrame([{"landform": "dunes", "label": 0, "lon": 5.0, "lat": 5.0}])
+    pd.concat([dunes, truth]).to_parquet(data / "ground_truth.parquet")
+    classes = ["dunes", *LANDFORMS]
+    meta = json.loads((data / "meta.json").read_text()) | {"classes": classes}
+    (data / "meta.json").write_text(json.dumps(meta))
+    vectors = np.eye(3, dtype=np.float32)[[2, 0, 1]]
+    write_queries(tmp_path / "three.npz", {"text": vectors}, classes)
+    out = tmp_path / "eval-three"
+    with caplog.at_level("WARNING"):
+        record = evaluate(data, index, out, model="m", queries_path=tmp_path / "three.npz",
+                          geo=GeoOptions(radius_deg=1.0, top_k=10))
+    assert "ground truth of dunes is ignored" in caplog.text
+    assert record["landforms"] == LANDFORMS
+    per_landform = record["metrics"]["text"]["per_landform"]
+    assert list(per_landform) == LANDFORMS
+    for landform in LANDFORMS:
+        assert per_landform[landform]["degrees"]["f1"] == pytest.approx(1.0)
+    assert set(pd.read_parquet(out / "retrieved.parquet")["landform"]) == set(LANDFORMS)
+    assert set(pd.read_parquet(out / "curves.parquet")["landform"]) == set(LANDFORMS)
+    assert set(pd.read_parquet(out / "ground_truth.parquet")["landform"]) == set(LANDFORMS)

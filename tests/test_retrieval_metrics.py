@@ -229,6 +229,44 @@ def test_k_grid_hand_cases():
     assert k_grid(1000, 500, 200) == [200, 400, 500]
 
 
+def _reference_k_values(n_pred: int, eval_max_k: int, points: int = 100) -> list[int]:
+    """MarsRetrieval evaluators/geolocalization_evaluator.py, GeoLocalizationEvaluator.evaluate."""
+    max_k = min(n_pred, eval_max_k)
+    step = max(1, max_k // points)
+    k_values = list(range(step, max_k + 1, step))
+    if k_values[-1] != max_k:
+        k_values.append(max_k)
+    return k_values
+
+
+def test_k_grid_auto_step_is_the_references_rule():
+    # top 20,000: step 200, K = 200..20,000, 100 points (the paper)
+    assert k_grid(20000, 20000) == list(range(200, 20001, 200))
+    assert k_grid(1_440_000, 20000, "auto") == list(range(200, 20001, 200))
+    # top 400 (the embedded config): step 4, K = 4..400
+    assert k_grid(10000, 400, "auto") == list(range(4, 401, 4))
+    # fewer predictions than top_k: max_k 150 -> step 1, K = 1..150
+    assert k_grid(150, 20000, "auto") == list(range(1, 151))
+    # max_k off the grid is appended: 450 // 100 = 4, K = 4..448, then 450
+    grid = k_grid(450, 20000, "auto")
+    assert grid[:2] == [4, 8] and grid[-2:] == [448, 450] and len(grid) == 113
+    assert k_grid(99, 20000, "auto") == list(range(1, 100))
+    assert k_grid(1, 20000, "auto") == [1]
+    assert k_grid(0, 20000, "auto") == [0]
+    for n_pred, top_k in ((20000, 20000), (400, 400), (150, 20000), (450, 20000), (12345, 20000),
+                          (20001, 20000), (199, 20000), (7, 5)):
+        assert k_grid(n_pred, top_k, "auto") == _reference_k_values(n_pred, top_k)
+
+
+def test_k_grid_fixed_step_still_works_and_bad_steps_are_refused():
+    assert k_grid(20000, 20000, 200) == list(range(200, 20001, 200))
+    assert k_grid(1000, 400, 20) == list(range(20, 401, 20))
+    assert k_grid(450, 20000, 200) == [200, 400, 450]
+    for bad in (0, -5, "every", "200"):
+        with pytest.raises(ValueError, match="step"):
+            k_grid(1000, 400, bad)
+
+
 def _geographiclib_km(lon1, lat1, lon2, lat2):
     sphere = Geodesic(MARS_RADIUS_KM * 1000.0, 0)
     return np.array(

@@ -295,3 +295,33 @@ def test_bad_pooling_is_refused(hf_dino):
     folder, _, _ = hf_dino
     with pytest.raises(ModelError, match=r"pooling 'max' is not one of \('cls', 'mean'\)"):
         load_model(f"transformers:{folder}@max")
+
+
+def test_models_load_at_the_references_revision_and_dtype():
+    aimv2 = "transformers:apple/aimv2-large-patch14-224-lit"
+    # models/aimv2_vl.py: this commit, float16 weights on a GPU; float32 on the CPU
+    assert rm.model_settings(aimv2, "cuda") == (
+        "c2cd59a786c4c06f39d199c50d08cc2eab9f8605", torch.float16)
+    assert rm.model_settings(aimv2, "cpu") == (
+        "c2cd59a786c4c06f39d199c50d08cc2eab9f8605", torch.float32)
+    assert rm.model_settings("transformers:apple/aimv2-large-patch14-448", "cuda:1")[0] == (
+        "cefb13f21003bdadba65bfbee956c82b976cd23d")
+    # open_clip's "amp" in the reference is float32 weights without autocast
+    assert rm.model_settings("open_clip:ViT-L-14-quickgelu@dfn2b", "cuda") == (
+        None, torch.float32)
+    assert rm.model_settings("someone-elses", "cuda") == (None, torch.float32)
+
+
+def test_a_half_precision_model_gets_half_precision_pixels(hf_clip, monkeypatch):
+    model, processor, _, folder = hf_clip
+    name = f"transformers:{folder}"
+    monkeypatch.setattr(rm, "model_settings", lambda n, d: (None, torch.float16))
+    loaded = load_model(name)
+    images = rgb_images(2, size=48, seed=5)
+    with torch.no_grad():
+        pixels = processor(images=images, return_tensors="pt")["pixel_values"]
+        expected = unit(rm._pooled(model.get_image_features(pixel_values=pixels)))
+    got = loaded.embed_images(images)
+    assert got.dtype == np.float32  # embeddings stay float32 whatever the weights
+    np.testing.assert_allclose(got, expected, atol=2e-2)  # float16 rounding, not garbage
+    assert not np.allclose(got, expected, atol=1e-7)  # it did run in float16

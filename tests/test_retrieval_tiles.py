@@ -1,21 +1,17 @@
-"""Geo-localization tiles and mosaics, query building and database sharding of MarsRetrieval."""
+"""Geo-localization tile grid, query building and database sharding of MarsRetrieval."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
-from marseval.data.synthetic.retrieval import MARS_LONLAT, MARS_RADIUS_M
 from marseval.errors import MarsevalError
 from marseval.retrieval import embed as re
 from marseval.retrieval import queries as rq
-from marseval.retrieval.models import EmbeddingModel
-from marseval.retrieval.tiles import Mosaic, cell_of, tile_grid, tile_locations
+from marseval.retrieval.tiles import cell_of, tile_grid, tile_locations
 
 # --------------------------------------------------------------------------- tile grid
 
@@ -72,115 +68,6 @@ def test_tile_locations_by_hand():
     assert tile_locations(grid).shape == (576, 2)
     with pytest.raises(MarsevalError, match="'ne_corner'"):
         tile_locations(tile, "ne_corner")
-
-
-# --------------------------------------------------------------------------- mosaics
-
-W, H = 720, 360  # 0.5 degree per pixel
-ROWS, COLS = np.mgrid[0:H, 0:W]
-BY_COLUMN = (COLS // 4).astype(np.uint8)  # 2 degrees of longitude per value: 0..179
-BY_ROW = (ROWS // 2).astype(np.uint8)  # 1 degree of latitude per value, north first: 0..179
-EQC = f"+proj=eqc +R={MARS_RADIUS_M:.0f} +units=m"
-
-
-def write_mosaic(path: Path, bands: np.ndarray, crs: str = MARS_LONLAT) -> Path:
-    import rasterio
-    from rasterio.transform import from_bounds
-
-    if crs == MARS_LONLAT:
-        bounds = (-180, -90, 180, 90)
-    else:  # equirectangular metres: x = R lon, y = R lat (radians)
-        half = math.pi * MARS_RADIUS_M
-        bounds = (-half, -half / 2, half, half / 2)
-    with rasterio.open(path, "w", driver="GTiff", width=W, height=H, count=len(bands),
-                       dtype=str(bands.dtype), crs=crs,
-                       transform=from_bounds(*bounds, W, H)) as dst:
-        dst.write(bands)
-    return path
-
-
-def pixel_block(band: np.ndarray, lon_min, lat_min, lon_max, lat_max) -> np.ndarray:
-    """The raster pixels of a lon/lat box of the 0.5-degree north-up lon/lat grid."""
-    return band[round((90 - lat_max) * 2):round((90 - lat_min) * 2),
-                round((lon_min + 180) * 2):round((lon_max + 180) * 2)]
-
-
-TILES = [(-180, -80, -170, -70), (-130, -10, -120, 0), (170, 70, 180, 80), (20, 30, 30, 40)]
-
-
-def test_greyscale_mosaic_tiles_are_the_right_region(tmp_path):
-    path = write_mosaic(tmp_path / "grey.tif", BY_COLUMN[np.newaxis])
-    with Mosaic(path) as mosaic:
-        for bounds in TILES:
-            block = pixel_block(BY_COLUMN, *bounds)
-            native = mosaic.read(bounds, 20)  # 20 px = the block's own resolution
-            assert native.mode == "L" and native.size == (20, 20)
-            np.testing.assert_array_equal(np.asarray(native), block)
-            small = np.asarray(mosaic.read(bounds, 7), dtype=np.float64)
-            assert small.shape == (7, 7)
-            assert abs(small.mean() - block.mean()) < 0.5
-            assert block.min() <= small.min() and small.max() <= block.max()
-            # by hand: 20 columns from lon_min, 4 per value
-            assert block.mean() == (bounds[0] + 180) / 2 + 2
-
-
-def test_greyscale_tiles_become_rgb_downstream(tmp_path):
-    path = write_mosaic(tmp_path / "grey.tif", BY_COLUMN[np.newaxis])
-    seen = []
-
-    def preprocess(images):
-        seen.extend(im.mode for im in images)
-        return torch.stack([torch.from_numpy(np.asarray(im, np.float32)).permute(2, 0, 1)
-                            for im in images])
-
-    model = EmbeddingModel("probe", preprocess, lambda x: x.mean(dim=(2, 3)), None, "cpu")
-    rows = pd.DataFrame([dict(zip(["lon_min", "lat_min", "lon_max", "lat_max"], b,
-                                  strict=True)) for b in TILES[:2]])
-    with Mosaic(path) as mosaic:
-        emb = re.embed_images(model, rows, 8, lambda b: re.tile_images(mosaic, b, 20))
-    assert seen == ["RGB", "RGB"]
-    # each channel carries the grey value: equal channels, unit vectors (1, 1, 1) / sqrt 3
-    np.testing.assert_allclose(emb, np.full((2, 3), 1 / math.sqrt(3)), atol=1e-6)
-
-
-def test_three_band_mosaic_gives_rgb_tiles(tmp_path):
-    const = np.full((H, W), 7, np.uint8)
-    path = write_mosaic(tmp_path / "rgb.tif", np.stack([BY_COLUMN, BY_ROW, const]))
-    with Mosaic(path) as mosaic:
-        for bounds in TILES:
-            image = mosaic.read(bounds, 20)
-            assert image.mode == "RGB" and image.size == (20, 20)
-            pixels = np.asarray(image)
-            np.testing.assert_array_equal(pixels[..., 0], pixel_block(BY_COLUMN, *bounds))
-            np.testing.assert_array_equal(pixels[..., 1], pixel_block(BY_ROW, *bounds))
-            assert (pixels[..., 2] == 7).all()
-            # by hand: north at the top, 10 latitude values from 80 - lat_min down
-            lat_min = bounds[1]
-            assert pixels[0, 0, 1] == 80 - lat_min and pixels[-1, 0, 1] == 89 - lat_min
-            assert pixels[..., 1].mean() == 84.5 - lat_min
-
-
-def test_two_band_mosaic_is_refused(tmp_path):
-    path = write_mosaic(tmp_path / "two.tif", np.stack([BY_COLUMN, BY_ROW]))
-    with pytest.raises(MarsevalError, match="2 bands"):
-        Mosaic(path)
-    with pytest.raises(MarsevalError, match="unreadable"):
-        Mosaic(tmp_path / "missing.tif")
-
-
-def test_projected_mosaic_gives_the_same_tiles(tmp_path):
-    bands = np.stack([BY_COLUMN, BY_ROW, np.full((H, W), 7, np.uint8)])
-    lonlat = write_mosaic(tmp_path / "lonlat.tif", bands)
-    projected = write_mosaic(tmp_path / "eqc.tif", bands, crs=EQC)
-    with Mosaic(lonlat) as a, Mosaic(projected) as b:
-        assert b._to_mosaic is not None and a._to_mosaic is None
-        for bounds in TILES:
-            for pixels in (20, 9):
-                pa = np.asarray(a.read(bounds, pixels), dtype=np.int16)
-                pb = np.asarray(b.read(bounds, pixels), dtype=np.int16)
-                assert np.abs(pa - pb).max() <= 1
-            np.testing.assert_array_equal(np.asarray(b.read(bounds, 20))[..., 1],
-                                          pixel_block(BY_ROW, *bounds))
 
 
 # --------------------------------------------------------------------------- queries
@@ -286,3 +173,17 @@ def test_shard_rows_by_hand_and_out_of_range():
     for shard, shards in ((3, 3), (-1, 3), (0, 0)):
         with pytest.raises(MarsevalError, match="outside"):
             re.shard_rows(10, shard, shards)
+
+
+def test_paired_captions_follow_the_caption_key(tmp_path):
+    pd.DataFrame({"sample_id": ["a", "b"], "image": ["images/a.jpg", "images/b.jpg"],
+                  "caption": ["refined a", "refined b"], "ori_caption": ["raw a", "raw b"]}
+                 ).to_parquet(tmp_path / "samples.parquet")
+    meta = {"subtask": "paired"}
+    assert re.database(tmp_path, meta)["caption"].tolist() == ["refined a", "refined b"]
+    got = re.database(tmp_path, meta, caption_key="ori_caption")
+    assert got["caption"].tolist() == ["raw a", "raw b"] and got["id"].tolist() == ["a", "b"]
+    with pytest.raises(MarsevalError, match="caption key 'caption'"):
+        re.database(tmp_path, meta, caption_key="caption")
+    with pytest.raises(MarsevalError, match="give the cell group"):
+        re.database(tmp_path, {"subtask": "geolocalization"})

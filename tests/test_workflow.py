@@ -26,6 +26,8 @@ from conftest import (
     tool,
 )
 
+from marseval.retrieval.ctx.plan import group_ids
+
 pytestmark = pytest.mark.workflow  # `pytest -m "not workflow and not cluster"`: the fast loop
 
 
@@ -79,11 +81,15 @@ CLASSIFICATION_PAIRS, DENSE_PAIRS = 9 * 5, 8 * 4 + 3 * 5
 PAIRS = CLASSIFICATION_PAIRS + DENSE_PAIRS
 # The paper trains in the reference protocol (bench.protocol: marsbench): its frozen backbones
 # run in train mode on augmented images, so no feature cache is planned.
+CTX_GROUPS = 3600 // 40  # the CTX V01 tiles within 80 degrees, 40 a group
+RETRIEVAL_MODELS = 8  # the paper's open_clip, AIMv2 and DINOv3 rows with MarScope
 PAPER_JOBS = {"download": 23, "standardize": 23, "data_summary": 1,
               "tune": PAIRS * 8, "select": PAIRS,
               "train": CLASSIFICATION_PAIRS * 7 * 14 + DENSE_PAIRS * 7 * 8, "collect": 3,
-              "report": 3, "embed": 7 * 3 * 8, "index": 7 * 3, "queries": 7 * 2,
-              "evaluate": 7 * 3, "retrieval_report": 3, "run_config": 1, "job_usage": 1,
+              "report": 3, "ctx_download": CTX_GROUPS, "ctx_cells": CTX_GROUPS,
+              "embed": RETRIEVAL_MODELS * (8 + 8 + CTX_GROUPS), "index": RETRIEVAL_MODELS * 3,
+              "queries": RETRIEVAL_MODELS * 2, "evaluate": RETRIEVAL_MODELS * 3,
+              "retrieval_report": 3, "run_config": 1, "job_usage": 1,
               "all": 1}
 
 
@@ -157,8 +163,23 @@ def test_the_paper_is_what_users_type_plans(tmp_path: Path, workflow_env: dict[s
     assert len(train) == PAPER_JOBS["train"]
     # geo-localization scores a tile's south-west corner, as the reference does
     geo = [j for j in planned_jobs(output, "evaluate") if "geolocalization" in j["wildcards"]]
-    assert len(geo) == 7 and all("--location sw_corner" in j["command"] for j in geo)
+    assert len(geo) == RETRIEVAL_MODELS
+    assert all("--location sw_corner" in j["command"] for j in geo)
+    models = {re.search(r"--model (\S+)", j["command"])[1].strip("'") for j in geo}
+    assert {"open_clip:ViT-L-14-quickgelu@dfn2b",  # as the reference builds DFN2B
+            "open_clip:hf-hub:claytonwang/MarsScope-v1"} <= models
     assert all(re.search(r"--seeds \d+ ", j["command"]) for j in train)  # a job per seed
+    # the geo database: 3,600 Murray Lab tiles in 90 download jobs, cut into 0.2-degree cells
+    downloads = planned_jobs(output, "ctx_download")
+    tiles = [t for j in downloads for t in re.search(r"--tiles (\S+)", j["command"])[1].split(",")]
+    assert len(tiles) == len(set(tiles)) == 3600 and "E-180_N-80" in tiles
+    assert all("--source https://murray-lab.caltech.edu/CTX/V01/tiles/" in j["command"]
+               and pairs(j["resources"])["downloads"] == "1" for j in downloads)
+    cells = planned_jobs(output, "ctx_cells")
+    assert all("--delta 0.2 --pixels 512" in j["command"] for j in cells)
+    geo_embed = [j for j in planned_jobs(output, "embed") if "geolocalization" in j["wildcards"]]
+    assert all("--shard 0 --shards 1 --cells results/paper/retrieval/cells/group" in j["command"]
+               for j in geo_embed)
 
 
 def test_a_users_config_inherits_nothing(tmp_path: Path, workflow_env: dict[str, str]) -> None:
@@ -231,6 +252,7 @@ def assert_same_results(first: Path, second: Path) -> None:
     assert [name for name in a if a[name] != b[name]] == []
 
 
+EMBEDDED_CTX_GROUPS = group_ids(validated_file(REPO / "config/embedded.yaml"))
 # The rerun of the determinism and resume tests: one job of every rule (job_usage aside: its
 # table is timings), each chosen so that nothing its inputs need reruns, on a copy of the
 # embedded default's results. Each target is deleted, then made again by `snakemake TARGETS`.
@@ -246,6 +268,8 @@ RERUN_TARGETS = (
     "results/runs/mb-boulder_det/yolo11n/fraction_0.50",  # train: detection
     "results/tables/detection_runs.csv",  # collect
     "results/report/detection/aggregate.csv",  # report
+    f"resources/ctx/synthetic/group{EMBEDDED_CTX_GROUPS[1]}",  # ctx_download
+    f"results/retrieval/cells/group{EMBEDDED_CTX_GROUPS[1]}",  # ctx_cells
     "results/retrieval/embeddings/mr-landforms/tiny-clip/shard1",  # embed
     "results/retrieval/index/mr-vl_pairs/tiny-clip",  # index
     "results/retrieval/queries/mr-geolocalization/tiny-clip.npz",  # queries
@@ -428,6 +452,38 @@ def test_embedded_default_reports_every_task(embedded_default) -> None:
     assert geo[["f1_degrees", "auprc_degrees", "f1_km"]].stack().between(0, 1).all()
     figures = tmp_path / "results/retrieval/report/geolocalization/figures"
     assert (figures / "map_tiny-clip_hybrid.png").stat().st_size > 1000
+
+
+def test_embedded_default_builds_the_geo_database_through_the_ctx_chain(embedded_default
+                                                                        ) -> None:
+    """Fake Murray Lab tiles -> VRT -> warped cells -> embeddings -> index -> evaluation,
+    scored at the cells' south-west corners."""
+    tmp_path, result = embedded_default
+    assert result.returncode == 0, result.stdout + result.stderr
+    from marseval.retrieval.ctx.cells import cell_name, read_cells
+    from marseval.retrieval.ctx.vrt import vrt_sources
+
+    groups = sorted((tmp_path / "resources/ctx/synthetic").glob("group*"))
+    assert [g.name for g in groups] == [f"group{g}" for g in EMBEDDED_CTX_GROUPS]
+    tiles = [p for g in groups for p in vrt_sources(g / "mosaic.vrt")]
+    assert len(groups) == 4 and len(tiles) == 20 * 10  # 80 x 40 degrees of 4-degree tiles
+    cells = pd.concat([read_cells(tmp_path / f"results/retrieval/cells/group{g}")
+                       for g in EMBEDDED_CTX_GROUPS], ignore_index=True)
+    assert len(cells) == 200 * 4 and cells["id"].is_unique  # 2-degree cells
+    assert cells["id"].tolist() == [cell_name(a, b, 2.0)
+                                    for a, b in zip(cells.lon_min, cells.lat_min, strict=True)]
+    index = pd.read_parquet(tmp_path / "results/retrieval/index/mr-geolocalization/tiny-clip"
+                            / "ids.parquet")
+    assert index["id"].tolist() == cells["id"].tolist()  # shards merged in group order
+    metrics = json.loads((tmp_path / "results/retrieval/eval/mr-geolocalization/tiny-clip"
+                          / "metrics.json").read_text())
+    assert metrics["location"] == "sw_corner" and metrics["database_size"] == 800
+    retrieved = pd.read_parquet(tmp_path / "results/retrieval/eval/mr-geolocalization/tiny-clip"
+                                / "retrieved.parquet")
+    corners = cells.set_index("id")[["lon_min", "lat_min"]]
+    top = retrieved.iloc[:20]
+    np.testing.assert_array_equal(top[["lon", "lat"]].to_numpy(),
+                                  corners.loc[top["id"]].to_numpy())
 
 
 def test_embedded_default_html_report(embedded_default, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ renamed at the end, so bad input leaves nothing under the target.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -22,7 +23,7 @@ from marseval.data.layouts import read_raw
 from marseval.data.records import ImageRef, RawDataset, RawSample
 from marseval.data.subsets import make_subsets
 from marseval.data.validate import check_sample, mask_class_usage
-from marseval.errors import DataError
+from marseval.errors import DataError, MarsevalError
 from marseval.registry import SPLITS, DatasetSpec, get_dataset
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,17 @@ def resolve_classes(raw: RawDataset, spec: DatasetSpec) -> list[str]:
     return spec.class_names()
 
 
+def fetched_revision(raw_dir: Path) -> dict[str, Any] | None:
+    """The repository and commit a Hugging Face download fetched (None for other sources)."""
+    from marseval.fetch import SOURCE_RECORD
+
+    path = Path(raw_dir) / SOURCE_RECORD
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise MarsevalError(f"{path}: unreadable download record ({exc})") from None
+
+
 def standardize(
     raw_dir: Path,
     out_dir: Path,
@@ -70,13 +82,17 @@ def standardize(
     seed: int = 0,
     detection_format: str | None = None,
     strict_counts: bool = False,
+    retrieval_options: Any = None,
 ) -> dict[str, Any]:
-    """Validate the raw dataset in `raw_dir` and write the standardized folder `out_dir`."""
+    """Validate the raw dataset in `raw_dir` and write the standardized folder `out_dir`.
+
+    `retrieval_options` (marseval.data.retrieval.RetrievalOptions) apply to retrieval
+    datasets; None: the reference's settings."""
     spec = get_dataset(dataset)
     if spec.task == "retrieval":
         from marseval.data.retrieval import standardize_retrieval
 
-        return standardize_retrieval(raw_dir, out_dir, spec, source)
+        return standardize_retrieval(raw_dir, out_dir, spec, source, retrieval_options)
     raw = read_raw(raw_dir, spec, detection_format=detection_format)
     classes = resolve_classes(raw, spec)
     num_classes = len(classes) or None
@@ -136,6 +152,7 @@ def standardize(
         "reference_num_classes": spec.reference_num_classes,  # where the reference differs
         "reader_notes": raw.notes,
         "marseval_version": __version__,
+        "fetched": fetched_revision(raw_dir),
     }
     with atomic_directory(out_dir) as tmp:
         rows = _write_files(tmp, ids, raw.samples, infos, spec)

@@ -17,6 +17,7 @@ from typing import Any
 from marseval.planning.epochs import expected_epochs, expected_longest
 from marseval.planning.groups import shared_part
 from marseval.planning.sizing import PlanSizer
+from marseval.retrieval.ctx.plan import embed_shard_count
 from marseval.workflow import (
     bench_models,
     bench_tasks,
@@ -164,7 +165,7 @@ class JobPlanner:
         for task, dataset in retrieval_datasets(self.config).items():
             if stage == "queries" and task == "paired":
                 continue  # paired retrieval queries with its own captions
-            shards = self.config["retrieval"]["embed_shards"] if stage == "embed" else 1
+            shards = embed_shard_count(self.config, dataset) if stage == "embed" else 1
             for slug in retrieval_models(self.config):
                 for index in range(shards):
                     seconds = self.sizer.work_seconds(

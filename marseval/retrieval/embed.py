@@ -5,8 +5,8 @@ The database of each task is what queries are ranked over:
 - paired: the images of the image-caption pairs; the captions' text embeddings travel with
   them (`text_embeddings` extra), row for row;
 - landform: the labelled landform images;
-- geolocalization: the tiles of the global mosaic (`tile_delta` degrees, `tile_pixels` px,
-  |lat| < `max_abs_lat`), each with its lon/lat bounds.
+- geolocalization: the cells of one cut CTX group (`--cells`, marseval.retrieval.ctx),
+  each with its lon/lat bounds; one embedding shard per group.
 
 Shard i of n holds a contiguous block of the database (numpy's array_split), so merging the
 shards in order gives the database order, whatever n is.
@@ -18,7 +18,6 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,20 +26,13 @@ import pandas as pd
 from PIL import Image
 
 from marseval.errors import MarsevalError
+from marseval.retrieval.ctx.cells import cell_images, read_cells
 from marseval.retrieval.index import write_shard
-from marseval.retrieval.tiles import Mosaic, tile_grid
 
 if TYPE_CHECKING:  # torch loads only in the jobs that embed: evaluate reads files
     from marseval.retrieval.models import EmbeddingModel
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TileOptions:
-    delta: float = 0.2
-    pixels: int = 512
-    max_abs_lat: float = 80.0
 
 
 def read_meta(dataset_dir: Path) -> dict:
@@ -54,11 +46,25 @@ def read_meta(dataset_dir: Path) -> dict:
     return meta
 
 
-def database(dataset_dir: Path, meta: dict, tiles: TileOptions) -> pd.DataFrame:
+# Mars-VL-Pairs' caption columns as the standardized samples hold them (the reference's
+# `caption_key`: refined_caption by default, ori_caption the ablation)
+CAPTION_COLUMNS = {"refined_caption": "caption", "ori_caption": "ori_caption"}
+
+
+def database(dataset_dir: Path, meta: dict, cells: Path | None = None,
+             caption_key: str = "refined_caption") -> pd.DataFrame:
     """The rows a task ranks: `id` plus what evaluation needs (label, caption, bounds)."""
     if meta["subtask"] == "geolocalization":
-        return tile_grid(tiles.delta, tiles.max_abs_lat)
+        if cells is None:
+            raise MarsevalError(f"{dataset_dir}: geo-localization embeds cut CTX cells; "
+                                "give the cell group (--cells)")
+        return read_cells(cells)
     samples = pd.read_parquet(Path(dataset_dir) / "samples.parquet")
+    if meta["subtask"] == "paired":
+        if caption_key not in CAPTION_COLUMNS:
+            raise MarsevalError(f"caption key {caption_key!r}: use one of "
+                                f"{sorted(CAPTION_COLUMNS)}")
+        samples["caption"] = samples[CAPTION_COLUMNS[caption_key]]
     keep = ["sample_id", "image"] + [c for c in ("label", "caption") if c in samples]
     return samples[keep].rename(columns={"sample_id": "id"}).reset_index(drop=True)
 
@@ -87,15 +93,24 @@ def sample_images(dataset_dir: Path, rows: pd.DataFrame) -> list[Image.Image]:
     return images
 
 
-def tile_images(mosaic: Mosaic, rows: pd.DataFrame, pixels: int) -> list[Image.Image]:
-    bounds = rows[["lon_min", "lat_min", "lon_max", "lat_max"]].itertuples(index=False)
-    return [mosaic.read(tuple(b), pixels) for b in bounds]
-
-
 def embed_images(model: EmbeddingModel, rows: pd.DataFrame, batch_size: int,
                  load: Callable[[pd.DataFrame], list[Image.Image]]) -> np.ndarray:
     """Embeddings of `rows` in order, `load(batch rows) -> PIL images`, batch by batch."""
-    parts = [model.embed_images(load(batch)) for batch in _batches(rows, batch_size)]
+    return embed_stream(model, (image for batch in _batches(rows, batch_size)
+                                for image in load(batch)), batch_size)
+
+
+def embed_stream(model: EmbeddingModel, images: Iterator[Image.Image], batch_size: int
+                 ) -> np.ndarray:
+    """Embeddings of a stream of images in order, `batch_size` at a time."""
+    parts, batch = [], []
+    for image in images:
+        batch.append(image)
+        if len(batch) == batch_size:
+            parts.append(model.embed_images(batch))
+            batch = []
+    if batch:
+        parts.append(model.embed_images(batch))
     return np.concatenate(parts) if parts else np.zeros((0, model.dim), np.float32)
 
 
@@ -106,12 +121,12 @@ def embed_texts(model: EmbeddingModel, texts: Sequence[str], batch_size: int) ->
 
 
 def embed_shard(dataset_dir: Path, model_name: str, shard: int, shards: int, out: Path, *,
-                tiles: TileOptions = TileOptions(), batch_size: int = 64, device: str = "cpu",
-                dtype: str = "float32") -> dict:
+                cells: Path | None = None, batch_size: int = 64, device: str = "cpu",
+                dtype: str = "float32", caption_key: str = "refined_caption") -> dict:
     """Embed shard `shard` of `shards` of a dataset's database into the folder `out`."""
     dataset_dir = Path(dataset_dir)
     meta = read_meta(dataset_dir)
-    table = database(dataset_dir, meta, tiles)
+    table = database(dataset_dir, meta, cells, caption_key)
     rows = table.iloc[list(shard_rows(len(table), shard, shards))]
     from marseval.retrieval.models import load_model  # torch: outside the timed embedding
 
@@ -119,27 +134,18 @@ def embed_shard(dataset_dir: Path, model_name: str, shard: int, shards: int, out
     model = load_model(model_name, device)
     extra: dict[str, np.ndarray] = {}
     if meta["subtask"] == "geolocalization":
-        with Mosaic(_mosaic_path(dataset_dir, meta)) as mosaic:
-            embeddings = embed_images(model, rows, batch_size,
-                                      lambda b: tile_images(mosaic, b, tiles.pixels))
+        embeddings = embed_stream(model, cell_images(cells, rows["member"].tolist()),
+                                  batch_size)
     else:
         embeddings = embed_images(model, rows, batch_size,
-                                  lambda b: sample_images(dataset_dir, b))
+                                  lambda batch: sample_images(dataset_dir, batch))
     if meta["subtask"] == "paired" and model.has_text:
         # a vision-only model has no captions to match: evaluation reports it not applicable
         extra["text_embeddings"] = embed_texts(model, rows["caption"].tolist(), batch_size)
     seconds = time.perf_counter() - started
-    write_shard(out, embeddings, rows.drop(columns=["image"], errors="ignore"), dtype=dtype,
-                extra=extra)
+    write_shard(out, embeddings, rows.drop(columns=["image", "member"], errors="ignore"),
+                dtype=dtype, extra=extra)
     log.info("%s shard %d/%d: %d items in %.1f s (%.1f items/s) with %s on %s",
              meta["name"], shard, shards, len(rows), seconds, len(rows) / max(seconds, 1e-9),
              model_name, device)
     return {"rows": len(rows), "seconds": seconds}
-
-
-def _mosaic_path(dataset_dir: Path, meta: dict) -> Path:
-    mosaic = meta.get("mosaic")
-    if not mosaic:
-        raise MarsevalError(f"{dataset_dir}/meta.json: dataset {meta['name']} has no mosaic; "
-                            "geo-localization tiles are cut from mars_map/*.tif")
-    return dataset_dir / mosaic["path"]

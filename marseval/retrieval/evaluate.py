@@ -2,8 +2,10 @@
 
 Writes a folder: `metrics.json` always; per task also `per_class.csv` (landform),
 `curves.parquet` and `retrieved.parquet` (geo-localization: precision/recall over K, and the
-ranked tiles behind the maps). A model that cannot do a task (a vision-only model on paired
-retrieval) gets a record with `applicable: false` and the reason, so summary tables show it.
+ranked tiles behind the maps). Geo-localization scores the registry's landforms only (the
+reference's five; `queries.scored_landforms`). A model that cannot do a task (a vision-only
+model on paired retrieval) gets a record with `applicable: false` and the reason, so summary
+tables show it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from marseval.errors import MarsevalError
 from marseval.retrieval import metrics
 from marseval.retrieval.embed import read_meta
 from marseval.retrieval.index import SearchIndex
-from marseval.retrieval.queries import read_queries
+from marseval.retrieval.queries import read_queries, scored_landforms
 from marseval.retrieval.tiles import tile_locations
 
 
@@ -30,7 +32,7 @@ class GeoOptions:
     radius_deg: float = 0.5
     radius_km: float | None = None  # None: the arc of radius_deg on the Mars sphere
     top_k: int = 20000
-    k_step: int = 200
+    k_step: int | str = "auto"  # "auto": the reference's max(1, max_k // 100)
     convention: str = "centre"
 
     @property
@@ -59,7 +61,8 @@ def evaluate(dataset_dir: Path, index_dir: Path, out: Path, *, model: str,
                 record.update(_landform(index, queries, classes, tmp))
             else:
                 truth = pd.read_parquet(dataset_dir / "ground_truth.parquet")
-                record.update(_geolocalization(index, queries, classes, truth, geo, tmp))
+                record.update(_geolocalization(index, queries, classes, truth, geo, tmp,
+                                               meta))
         atomic_write_json(tmp / "metrics.json", record)
     return record
 
@@ -93,19 +96,31 @@ def _landform(index: SearchIndex, queries: dict[str, np.ndarray], classes: list[
     return {"applicable": True, "metrics": macro}
 
 
+def _truth_of(truth: pd.DataFrame, landform: str, meta: dict) -> np.ndarray:
+    """The ground-truth lon/lat of one landform: by name, or by its label in the dataset."""
+    if "landform" in truth.columns:
+        rows = truth["landform"] == landform
+    else:
+        rows = truth["label"] == list(meta["classes"]).index(landform)
+    return truth.loc[rows, ["lon", "lat"]].to_numpy(np.float64)
+
+
 def _geolocalization(index: SearchIndex, queries: dict[str, np.ndarray], classes: list[str],
-                     truth: pd.DataFrame, geo: GeoOptions, tmp: Path) -> dict[str, Any]:
+                     truth: pd.DataFrame, geo: GeoOptions, tmp: Path,
+                     meta: dict) -> dict[str, Any]:
     locations = tile_locations(index.ids, geo.convention)
     top_k = min(geo.top_k, index.ntotal)
     ks = metrics.k_grid(index.ntotal, top_k, geo.k_step)
+    scored = scored_landforms(meta, classes)
+    rows = [classes.index(landform) for landform in scored]
     results: dict[str, Any] = {}
     curves, retrieved = [], []
     for mode, vectors in queries.items():
-        scores, positions = index.search(vectors, top_k)
+        found_scores, found = index.search(vectors[rows], top_k)
         per_landform = {}
-        for label, landform in enumerate(classes):
-            ranked = positions[label][positions[label] >= 0]
-            points = truth.loc[truth["label"] == label, ["lon", "lat"]].to_numpy(np.float64)
+        for row, landform in enumerate(scored):
+            ranked = found[row][found[row] >= 0]
+            points = _truth_of(truth, landform, meta)
             predicted = locations[ranked]
             entry = {"n_truth": len(points)}
             for metric, radius in (("degrees", geo.radius_deg), ("km", geo.km)):
@@ -117,12 +132,15 @@ def _geolocalization(index: SearchIndex, queries: dict[str, np.ndarray], classes
             retrieved.append(pd.DataFrame({
                 "mode": mode, "landform": landform, "rank": np.arange(1, len(ranked) + 1),
                 "id": index.ids["id"].to_numpy()[ranked], "lon": predicted[:, 0],
-                "lat": predicted[:, 1], "score": scores[label][: len(ranked)]}))
+                "lat": predicted[:, 1], "score": found_scores[row][: len(ranked)]}))
         results[mode] = {"per_landform": per_landform, "mean": _mean_over(per_landform)}
+    if "landform" in truth.columns:
+        truth = truth[truth["landform"].isin(scored)]
     truth.to_parquet(tmp / "ground_truth.parquet", index=False)  # the maps draw it
     pd.concat(curves, ignore_index=True).to_parquet(tmp / "curves.parquet", index=False)
     pd.concat(retrieved, ignore_index=True).to_parquet(tmp / "retrieved.parquet", index=False)
-    return {"applicable": True, "modes": list(queries), "ks": ks,
+    return {"applicable": True, "modes": list(queries), "landforms": scored, "ks": ks,
+            "k_step": geo.k_step,
             "radius_deg": geo.radius_deg, "radius_km": geo.km, "top_k": top_k,
             "location": geo.convention, "metrics": results}
 

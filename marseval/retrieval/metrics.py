@@ -228,16 +228,35 @@ def landform_metrics(
 # --------------------------------------------------------------------------- geo-localization
 
 
-def k_grid(n_predictions: int, top_k: int, step: int) -> list[int]:
-    """K = step, 2 step, ... up to min(top_k, n_predictions), that maximum appended if off-grid;
-    [maximum] alone when it is below step (the paper: top 20,000, K = 200..20,000 step 200)."""
-    n_predictions, top_k, step = map(operator.index, (n_predictions, top_k, step))
-    if n_predictions < 0 or top_k < 1 or step < 1:
+K_POINTS = 100  # the reference's `points`: about 100 K values when the step is "auto"
+
+
+def k_step_of(maximum: int, step: int | str = "auto") -> int:
+    """The K step for a largest K `maximum`: "auto" is the reference's max(1, maximum // 100)
+    (MarsRetrieval GeoLocalizationEvaluator: 200 for the top 20,000); an int is used as is."""
+    if step == "auto":
+        return max(1, operator.index(maximum) // K_POINTS)
+    if isinstance(step, str):
+        raise RetrievalMetricError(f"k_grid: step must be 'auto' or an int >= 1, got {step!r}")
+    return operator.index(step)
+
+
+def k_grid(n_predictions: int, top_k: int, step: int | str = "auto") -> list[int]:
+    """K = step, 2 step, ... up to max_k = min(top_k, n_predictions), max_k appended if
+    off-grid; [max_k] alone when it is below step.
+
+    step "auto" (the reference's rule) is max(1, max_k // 100): top 20,000 gives K = 200, 400,
+    ... 20,000; 150 predictions give K = 1..150. An int is a fixed step.
+    """
+    n_predictions, top_k = map(operator.index, (n_predictions, top_k))
+    if n_predictions < 0 or top_k < 1:
         raise RetrievalMetricError(
-            f"k_grid: need n_predictions >= 0, top_k >= 1, step >= 1; got {n_predictions}, "
-            f"{top_k}, {step}"
+            f"k_grid: need n_predictions >= 0, top_k >= 1; got {n_predictions}, {top_k}"
         )
     maximum = min(top_k, n_predictions)
+    step = k_step_of(maximum, step)
+    if step < 1:
+        raise RetrievalMetricError(f"k_grid: step must be >= 1, got {step}")
     if maximum < step:
         return [maximum]
     ks = list(range(step, maximum + 1, step))

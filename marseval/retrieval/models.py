@@ -25,13 +25,16 @@ error naming the model.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from PIL import Image
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -197,19 +200,35 @@ def _check_not_resized(name: str, model: nn.Module, checkpoint: Path) -> None:
                          "resized, which changes the model")
 
 
+@functools.cache
+def _settings_table() -> dict[str, dict]:
+    text = resources.files("marseval.registry").joinpath("retrieval_models.yaml").read_text()
+    return yaml.safe_load(text)["models"]
+
+
+def model_settings(name: str, device: str) -> tuple[str | None, torch.dtype]:
+    """The hub revision and weights' dtype a model loads with, as the reference loads it
+    (marseval/registry/retrieval_models.yaml): float16 only on a GPU, where listed."""
+    found = _settings_table().get(name, {})
+    half = device.startswith("cuda") and found.get("cuda_dtype") == "float16"
+    return found.get("revision"), torch.float16 if half else torch.float32
+
+
 def _transformers(name: str, source: str, pooling: str | None, device: str) -> EmbeddingModel:
     from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
     if pooling is not None and pooling not in POOLINGS:
         raise ModelError(f"model {name!r}: pooling {pooling!r} is not one of {POOLINGS}")
+    revision, dtype = model_settings(name, device)
     with _loading(name):
-        model = AutoModel.from_pretrained(source).to(device).eval()
-        processor = AutoImageProcessor.from_pretrained(source)
-        tokenizer = (AutoTokenizer.from_pretrained(source)
+        model = AutoModel.from_pretrained(source, revision=revision, dtype=dtype)
+        model = model.to(device).eval()
+        processor = AutoImageProcessor.from_pretrained(source, revision=revision)
+        tokenizer = (AutoTokenizer.from_pretrained(source, revision=revision)
                      if hasattr(model, "get_text_features") else None)
 
     def preprocess(images: Sequence[Image.Image]) -> Tensor:
-        return processor(images=list(images), return_tensors="pt")["pixel_values"]
+        return processor(images=list(images), return_tensors="pt")["pixel_values"].to(dtype)
 
     if tokenizer is not None:
         def encode_image(pixels: Tensor) -> Tensor:

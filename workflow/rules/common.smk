@@ -38,6 +38,16 @@ from marseval.workflow import (
     retrieval_evaluations,
     retrieval_models,
     retrieval_targets,
+    retrieval_standardize_flags,
+    embed_inputs,
+    embed_shard_flags,
+    embedding_shards,
+)
+from marseval.retrieval.ctx.plan import (
+    ctx_archive_inputs,
+    ctx_archives,
+    ctx_source,
+    group_tiles,
 )
 
 check_config(config)
@@ -79,6 +89,15 @@ EMBED_FLAGS = embed_flags(config)
 INDEX_FLAGS = index_flags(config)
 QUERIES_FLAGS = queries_flags(config)
 EVALUATE_FLAGS = evaluate_flags(config)
+# The CTX chain: raw tile groups are kept unless retrieval.ctx.keep_raw is false (the paper
+# mosaic is 8 TB of GeoTIFFs: then each group goes once its cells are cut)
+CTX_SOURCE = ctx_source(config)
+CTX_RAW = f"{RESOURCES}/ctx/{CTX_SOURCE}"
+CTX_ARCHIVES = ctx_archives(config)
+CTX_ARCHIVE_INPUTS = ctx_archive_inputs(config)
+CTX_GROUP_OUTPUT = directory(f"{CTX_RAW}/group{{group}}")
+if not config["retrieval"]["ctx"]["keep_raw"]:
+    CTX_GROUP_OUTPUT = temp(CTX_GROUP_OUTPUT)
 # What `all` builds besides the config record and the job usage table (which follows them).
 ALL_TARGETS = [
     *STANDARDIZED,
@@ -94,6 +113,7 @@ wildcard_constraints:
     source=r"synthetic|huggingface|zenodo",
     model=r"[A-Za-z0-9_.\-]+",
     shard=r"\d+",
+    group=r"\d{3}-[0-9a-f]{8}",
     seed=r"\d+",
     partition=r"default|fraction_[0-9.]+|fewshot_[0-9]+",
     task=r"classification|segmentation|detection",

@@ -45,11 +45,14 @@ rule standardize:
         detection_format=lambda wildcards: detection_format_flag(
             config, wildcards.dataset
         ),
+        retrieval=lambda wildcards: retrieval_standardize_flags(
+            config, wildcards.dataset
+        ),
     shell:
         "python -m marseval standardize --dataset {wildcards.dataset} --raw {input}"
         " --out {output} --source {params.source} --fractions {params.fractions}"
         " --fewshot {params.fewshot} --seed {params.seed} {params.detection_format}"
-        " > {log} 2>&1"
+        " {params.retrieval} > {log} 2>&1"
 
 
 rule data_summary:

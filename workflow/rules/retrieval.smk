@@ -1,12 +1,13 @@
-# MarsRetrieval: embed (shards, one GPU job each) -> index (FAISS, shards merged in order)
-# -> queries (text, image, hybrid) -> evaluate (one model on one task) -> summary per task.
+# MarsRetrieval: embed (shards, one GPU job each; geo-localization: one per CTX cell group,
+# ctx.smk) -> index (FAISS, shards merged in order) -> queries (text, image, hybrid)
+# -> evaluate (one model on one task) -> summary per task.
 # The task of a dataset is its registry subtask: paired, landform or geolocalization.
 
 
 rule embed:
     """Embed one shard of a retrieval database (images, tiles or captions)."""
     input:
-        data=f"{RESULTS}/data/{{dataset}}",
+        unpack(embed_inputs(config)),
     output:
         directory(
             f"{RESULTS}/retrieval/embeddings/{{dataset}}/{{model}}/shard{{shard}}"
@@ -24,21 +25,17 @@ rule embed:
         runtime=JOBS.runtime("embed"),
     params:
         model=lambda wildcards: RETRIEVAL_MODELS[wildcards.model],
-        shards=config["retrieval"]["embed_shards"],
+        shards=lambda wildcards, input: embed_shard_flags(config, wildcards, input),
         flags=EMBED_FLAGS,
     shell:
         "python -m marseval embed --dataset-dir {input.data} --model {params.model:q}"
-        " --shard {wildcards.shard} --shards {params.shards} {params.flags} --out {output}"
-        " > {log} 2>&1"
+        " {params.shards} {params.flags} --out {output} > {log} 2>&1"
 
 
 rule index:
     """Merge a database's embedding shards into one FAISS index."""
     input:
-        expand(
-            f"{RESULTS}/retrieval/embeddings/{{{{dataset}}}}/{{{{model}}}}/shard{{shard}}",
-            shard=range(config["retrieval"]["embed_shards"]),
-        ),
+        lambda wildcards: embedding_shards(config, wildcards.dataset, wildcards.model),
     output:
         directory(f"{RESULTS}/retrieval/index/{{dataset}}/{{model}}"),
     log:

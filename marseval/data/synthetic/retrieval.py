@@ -9,6 +9,7 @@ import pandas as pd
 
 from marseval.data.records import ImageRef
 from marseval.data.synthetic import scenes
+from marseval.data.synthetic.ctx import write_ctx_archives
 from marseval.data.synthetic.generate import (
     GEO_LANDFORM_MOTIFS,
     LANDFORM_MOTIFS,
@@ -17,9 +18,9 @@ from marseval.data.synthetic.generate import (
 )
 from marseval.data.synthetic.writers import write_parquet
 from marseval.registry import DatasetSpec
+from marseval.retrieval.ctx.catalog import MARS_LONLAT, CtxTile, ctx_tiles
 
-MARS_RADIUS_M = 3396190.0
-MARS_LONLAT = f"+proj=longlat +a={MARS_RADIUS_M:.0f} +b={MARS_RADIUS_M:.0f} +no_defs"
+CTX_FOLDER = "ctx_tiles"  # the fake CTX archives (retrieval.ctx.source synthetic)
 
 
 def write_retrieval(spec: DatasetSpec, dest: Path, seed: int, size: int, opts: dict) -> None:
@@ -70,8 +71,13 @@ def _geolocalization(spec: DatasetSpec, dest: Path, rng: np.random.Generator, si
     landforms = list(spec.classes) if spec.classes else list(GEO_LANDFORM_MOTIFS)
     motifs = [GEO_LANDFORM_MOTIFS.get(n, "crater") for n in landforms]
     width, height = opts["mosaic_width"], opts["mosaic_height"]
+    ctx = opts.get("ctx")
+    tiles = ctx_tiles(ctx["max_abs_lat"], ctx["region"]) if ctx else []
     mosaic, sites = scenes.global_mosaic(motifs, rng, width, height,
-                                         n_sites=opts["sites_per_landform"], bands=1)
+                                         n_sites=opts["sites_per_landform"], bands=1,
+                                         window=_site_window(tiles, width, height))
+    if ctx:  # the run's database: fake CTX tiles of this planet, as Murray Lab serves them
+        write_ctx_archives(mosaic, tiles, dest / CTX_FOLDER, ctx["pixels"])
     (dest / "mars_map").mkdir(parents=True, exist_ok=True)
     profile = {"driver": "GTiff", "width": width, "height": height, "count": 1,
                "dtype": "uint8", "crs": MARS_LONLAT,
@@ -89,3 +95,14 @@ def _geolocalization(spec: DatasetSpec, dest: Path, rng: np.random.Generator, si
         for j in range(opts["queries_per_landform"]):
             pixels = scenes.scene_with_motifs([motif], rng, size=size, bands=1)
             (folder / f"query_{j:02d}.png").write_bytes(encode_png(pixels))
+
+
+def _site_window(tiles: list[CtxTile], width: int, height: int
+                 ) -> tuple[int, int, int, int] | None:
+    """Mosaic rows and columns the CTX tiles cover: ground truth the database can reach."""
+    if not tiles:
+        return None
+    lon0, lat0 = min(t.lon for t in tiles), min(t.lat for t in tiles)
+    lon1, lat1 = max(t.bounds[2] for t in tiles), max(t.bounds[3] for t in tiles)
+    return (round((90 - lat1) / 180 * height), round((90 - lat0) / 180 * height),
+            round((lon0 + 180) / 360 * width), round((lon1 + 180) / 360 * width))

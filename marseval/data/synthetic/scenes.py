@@ -925,17 +925,23 @@ def global_mosaic(
     height: int,
     n_sites: int = 6,
     bands: int = 1,
+    window: tuple[int, int, int, int] | None = None,
 ) -> tuple[np.ndarray, dict[str, list[tuple[int, int]]]]:
     """Equirectangular mosaic (height x width) with each landform drawn at ``n_sites`` sites.
 
     Landform radius is ``max(4, height // 36)`` pixels, i.e. tied to the mosaic size
     rather than fixed, so a site still fills a good part of a tile after the mosaic is
-    cut into tiles for retrieval.  Returns the image and ``{landform: [(row, col), ...]}``.
+    cut into tiles for retrieval. ``window`` (row0, row1, col0, col1) keeps the sites inside
+    that part of the mosaic (the region a run's database covers).
+    Returns the image and ``{landform: [(row, col), ...]}``.
     """
     _check_bands(bands)
     radius = max(4, height // 36)
-    if height < 2 * radius + 1 or width < 2 * radius + 1:
-        raise ValueError("mosaic too small for its landform size")
+    row0, row1, col0, col1 = window or (0, height, 0, width)
+    row0, col0 = max(row0, radius), max(col0, radius)
+    row1, col1 = min(row1, height - radius), min(col1, width - radius)
+    if row1 <= row0 or col1 <= col0:
+        raise ValueError("mosaic (or its site window) too small for its landform size")
     canvas = _terrain(rng, (height, width), bands)
     sites: dict[str, list[tuple[int, int]]] = {}
     taken: list[tuple[int, int]] = []
@@ -946,8 +952,8 @@ def global_mosaic(
         for _ in range(n_sites):
             # Prefer centres at least two radii apart so sites do not overlap.
             for _try in range(30):
-                r0 = int(rng.integers(radius, height - radius))
-                c0 = int(rng.integers(radius, width - radius))
+                r0 = int(rng.integers(row0, row1))
+                c0 = int(rng.integers(col0, col1))
                 if all(abs(r0 - r) + abs(c0 - c) > 3 * radius for r, c in taken):
                     break
             taken.append((r0, c0))
