@@ -102,8 +102,8 @@ def test_geo_jobs_are_sized_by_ctx_group() -> None:
     group = {"group": "003-0a1b2c3d"}
     # 40 archives of 2,000 MB (1907.35 MiB) at 20 MiB/s = 3814.7 s: 5 + 2 x 63.58 minutes
     assert sizer.runtime_minutes("ctx_download", group) == 133
-    # 16,000 cells x 100 ms on 4 workers = 400 s: 5 + 2 x 6.67 minutes; 500 MB a worker
-    assert sizer.threads("ctx_cells") == 4 and sizer.runtime_minutes("ctx_cells", group) == 19
+    # 16,000 cells x 120 ms on 4 workers = 480 s: 5 + 2 x 8 minutes; 500 MB a worker
+    assert sizer.threads("ctx_cells") == 4 and sizer.runtime_minutes("ctx_cells", group) == 21
     assert sizer.memory_mb("ctx_cells", group) == 4000 + 4 * 500
     regional = validated({"datasets": ["mr-geolocalization"], "retrieval": {
         "tile_delta": 1.0, "ctx": {"region": [-40, -20, 40, 20], "tiles_per_group": 50}}})

@@ -7,6 +7,7 @@ embedded by one `embed` job per model (its shard g).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from typing import Any
 
@@ -23,8 +24,16 @@ def _geo_dataset(config: dict[str, Any]) -> str | None:
 
 def run_groups(config: dict[str, Any]) -> list[list[CtxTile]]:
     options = config["retrieval"]
-    tiles = ctx_tiles(options["max_abs_lat"], options["ctx"]["region"])
-    return tile_groups(tiles, options["ctx"]["tiles_per_group"])
+    region = options["ctx"]["region"]
+    return list(_groups(options["max_abs_lat"], tuple(region) if region else None,
+                        options["ctx"]["tiles_per_group"]))
+
+
+@functools.cache  # the Snakefile asks once per job: 90 groups, 900 jobs in the paper
+def _groups(max_abs_lat: float, region: tuple[float, ...] | None, per_group: int
+            ) -> tuple[list[CtxTile], ...]:
+    return tuple(tile_groups(ctx_tiles(max_abs_lat, list(region) if region else None),
+                             per_group))
 
 
 def ctx_source(config: dict[str, Any]) -> str:
@@ -43,8 +52,12 @@ def group_ids(config: dict[str, Any]) -> list[str]:
     """`<index>-<digest of its tile keys>` per group: a folder name that changes with the
     tiles, so a config that regroups them makes new folders instead of reusing stale ones
     (the workflow reruns on file times, not on parameters)."""
-    return [f"{i:03d}-{hashlib.sha1(_keys(group).encode()).hexdigest()[:8]}"
-            for i, group in enumerate(run_groups(config))]
+    return list(_ids(tuple(_keys(group) for group in run_groups(config))))
+
+
+@functools.cache
+def _ids(keys: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(f"{i:03d}-{hashlib.sha1(k.encode()).hexdigest()[:8]}" for i, k in enumerate(keys))
 
 
 def _keys(group: list[CtxTile]) -> str:
