@@ -88,6 +88,11 @@ def _check_models(config: dict[str, Any]) -> None:
         problem = model_name_problem(task, name)
         if problem:
             raise ConfigError(f"config key {key}: {problem}")
+    from marseval.retrieval.mllm.registry import check_embedders
+
+    problems = check_embedders(config["retrieval"]["models"], config["retrieval"]["remote_code"])
+    if problems:
+        raise ConfigError("config key retrieval.models: " + "; ".join(problems))
 
 
 def _check_datasets(config: dict[str, Any]) -> None:

@@ -23,7 +23,7 @@ DETECTORS: dict[str, str] = {
     **{f"yolo11{size}": f"YOLO11{size}" for size in YOLO_SIZES},
 }
 TINY_CLIP = "tiny-clip"
-RETRIEVAL_PREFIXES = ("open_clip:", "transformers:")
+RETRIEVAL_PREFIXES = ("open_clip:", "transformers:", "mllm:")
 
 
 def _close(name: str, known: list[str]) -> str:
@@ -57,6 +57,7 @@ def model_name_problem(task: str, name: str) -> str | None:
                                     for p in RETRIEVAL_PREFIXES):
             return None
         return (f"{name!r} is not a retrieval model: use {TINY_CLIP}, open_clip:<architecture>"
-                "[@<tag>], open_clip:hf-hub:<org>/<repo> or transformers:<repo>"
+                "[@<tag>], open_clip:hf-hub:<org>/<repo>, transformers:<repo> or "
+                "mllm:<registry key>"
                 f"{_close(name, [TINY_CLIP])}")
     raise ValueError(f"no model names for task {task!r}")

@@ -57,8 +57,10 @@ class EmbeddingModel:
     """A loaded encoder: images (and, for vision-language models, text) to unit vectors."""
 
     name: str
-    preprocess: Callable[[Sequence[Image.Image]], Tensor]  # PIL images -> (N, 3, H, W)
-    image_encoder: Callable[[Tensor], Tensor]
+    # PIL images -> (N, 3, H, W); None: the image encoder takes the PIL images itself (the
+    # multimodal-LLM embedders, whose processors build prompts around them)
+    preprocess: Callable[[Sequence[Image.Image]], Tensor] | None
+    image_encoder: Callable[[Tensor], Tensor] | Callable[[list[Image.Image]], Tensor]
     text_encoder: Callable[[list[str]], Tensor] | None
     device: str
 
@@ -68,8 +70,10 @@ class EmbeddingModel:
 
     @torch.inference_mode()
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        pixels = self.preprocess([im.convert("RGB") for im in images]).to(self.device)
-        return _unit(self.image_encoder(pixels))
+        rgb = [im.convert("RGB") for im in images]
+        if self.preprocess is None:
+            return _unit(self.image_encoder(rgb))
+        return _unit(self.image_encoder(self.preprocess(rgb).to(self.device)))
 
     @torch.inference_mode()
     def embed_texts(self, texts: list[str]) -> np.ndarray:
@@ -100,9 +104,16 @@ def load_model(name: str, device: str = "cpu") -> EmbeddingModel:
     if name.startswith("transformers:"):
         source, _, pooling = name[len("transformers:"):].partition("@")
         return _transformers(name, source, pooling or None, device)
+    if name.startswith("mllm:"):
+        from marseval.retrieval.mllm.load import load_embedder
+
+        weights = name.partition("@")[2]
+        with _loading(name):
+            return load_embedder(name, device, source=weights or None)
     raise ModelError(f"unknown retrieval model {name!r}: use {TINY_CLIP!r}, "
                      "'open_clip:<architecture>[@<pretrained tag or checkpoint>]', "
-                     "'open_clip:hf-hub:<org>/<repo>' or 'transformers:<repo>[@cls|@mean]'")
+                     "'open_clip:hf-hub:<org>/<repo>', 'transformers:<repo>[@cls|@mean]' or "
+                     "'mllm:<registry key>'")
 
 
 def _tiny_clip_arch() -> str:

@@ -1,0 +1,30 @@
+"""Build an `mllm:<key>` embedder: its registry entry, its family's adapter, its weights."""
+
+from __future__ import annotations
+
+import torch
+
+from marseval.errors import MarsevalError
+from marseval.retrieval.mllm.registry import EmbedderSpec, get_embedder
+
+
+def weights_dtype(spec: EmbedderSpec, device: str) -> torch.dtype:
+    """The reference's dtype on a GPU; float32 on the CPU, where half precision is slow."""
+    if not device.startswith("cuda"):
+        return torch.float32
+    return {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(spec.cuda_dtype,
+                                                                      torch.float32)
+
+
+def load_embedder(name: str, device: str, source: str | None = None,
+                  revision: str | None = None):
+    """The EmbeddingModel of `mllm:<key>`; `source` (a local folder) replaces the hub id,
+    `revision` the registry's commit (a remote-code model's opted-in commit)."""
+    from marseval.retrieval.mllm import llava_next
+
+    spec = get_embedder(name)
+    builders = {"llava_next": llava_next.build}
+    if spec.family not in builders:  # the config check refuses these before any job
+        raise MarsevalError(f"{name}: the {spec.family} family has no adapter yet")
+    return builders[spec.family](name, spec, device, source or spec.hub,
+                                 revision or spec.revision)
