@@ -306,7 +306,10 @@ def config_models(paths: list[Path]) -> dict[str, str]:
             for name in bench.get(task) or []:
                 models.setdefault(name, task)
         for name in (config.get("retrieval") or {}).get("models") or []:
-            models.setdefault(name, "retrieval")
+            # multimodal-LLM embedders (billions of parameters) are sized from their
+            # published sizes in marseval/registry/mllm_embedders.yaml, not measured here
+            if not name.startswith("mllm:"):
+                models.setdefault(name, "retrieval")
     return models
 
 

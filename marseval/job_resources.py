@@ -67,8 +67,21 @@ def model_costs() -> dict[str, dict[str, Any]]:
 
 def model_cost(name: str) -> dict[str, Any]:
     costs = model_costs()
-    found = costs.get(name, {})
+    found = embedder_cost(name) if name.startswith("mllm:") else costs.get(name, {})
     return {**costs[DEFAULT_MODEL], **{k: v for k, v in found.items() if v is not None}}
+
+
+def embedder_cost(name: str) -> dict[str, Any]:
+    """A multimodal-LLM embedder's cost from its registry entry (published sizes, not
+    measured: no weights can be downloaded where model_costs.yaml is written): 2 FLOPs per
+    parameter and image token, weights in the GPU dtype."""
+    from marseval.retrieval.mllm.registry import get_embedder
+
+    extra = get_embedder(name).extra
+    params = extra["params_b"] * 1e9
+    bytes_per = 4 if get_embedder(name).cuda_dtype == "float32" else 2
+    return {"task": "retrieval", "forward_gflops": 2 * params * extra["image_tokens"] / 1e9,
+            "weights_mb": params * bytes_per / MB, "feature_dim": extra["embedding_dim"]}
 
 
 def split_sizes(config: dict[str, Any], dataset: str) -> dict[str, int]:

@@ -172,3 +172,14 @@ def test_a_broken_benchmark_file_names_itself(tmp_path: Path) -> None:
     tsv.write_text("")
     with pytest.raises(MarsevalError, match="tiny-clip.tsv: not a Snakemake benchmark file"):
         usage_table(tmp_path, validated(DETECTION))
+
+
+def test_multimodal_llm_embedders_are_sized_from_their_published_sizes() -> None:
+    from marseval.job_resources import model_cost
+
+    e5v = model_cost("mllm:e5-v")
+    # by hand: 2 x 8.4e9 parameters x 2,880 image tokens; float16 weights 8.4e9 x 2 B
+    assert e5v["forward_gflops"] == pytest.approx(48384)
+    assert e5v["weights_mb"] == pytest.approx(8.4e9 * 2 / 2**20)
+    assert e5v["feature_dim"] == 4096
+    assert model_cost("mllm:bge-vl-large")["forward_gflops"] == pytest.approx(2 * 0.43 * 257)

@@ -325,3 +325,32 @@ def test_a_half_precision_model_gets_half_precision_pixels(hf_clip, monkeypatch)
     assert got.dtype == np.float32  # embeddings stay float32 whatever the weights
     np.testing.assert_allclose(got, expected, atol=2e-2)  # float16 rounding, not garbage
     assert not np.allclose(got, expected, atol=1e-7)  # it did run in float16
+
+
+def test_batches_are_halved_on_gpu_out_of_memory(caplog):
+    seen = []
+
+    def encode(pixels: torch.Tensor) -> torch.Tensor:
+        seen.append(len(pixels))
+        if len(pixels) > 2:  # a GPU that holds two images at a time
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return pixels.flatten(1)[:, :4] + 1
+
+    def preprocess(images):
+        return torch.stack([torch.from_numpy(np.asarray(im, np.float32)).permute(2, 0, 1)
+                            for im in images])
+
+    model = rm.EmbeddingModel("oom-probe", preprocess, encode, None, "cpu")
+    images = rgb_images(7, size=8, seed=6)
+    with caplog.at_level("WARNING"):
+        got = model.embed_images(images)
+    expected = np.concatenate([model.embed_images([im]) for im in images])
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    # by hand: 7 fails -> pieces of 3 fail -> pieces of 1; later calls start at 1
+    assert seen[:4] == [7, 3, 1, 1] and model.max_batch == 1
+    assert "out of GPU memory on a batch of 7; going on with batches of 3" in caplog.text
+    single = rm.EmbeddingModel("oom-probe", preprocess,
+                               lambda p: (_ for _ in ()).throw(torch.OutOfMemoryError("x")),
+                               None, "cpu")
+    with pytest.raises(torch.OutOfMemoryError):  # one item that does not fit: no way around
+        single.embed_images(images[:1])

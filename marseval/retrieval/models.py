@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ from marseval.bench.model_building import hf_offline, offline_var
 from marseval.errors import MarsevalError
 from marseval.registry.model_names import TINY_CLIP
 
+log = logging.getLogger(__name__)
 TINY_CLIP_ARCH = "marseval-tiny-clip"
 TINY_CLIP_SEED = 0
 POOLINGS = ("cls", "mean")
@@ -63,6 +65,8 @@ class EmbeddingModel:
     image_encoder: Callable[[Tensor], Tensor] | Callable[[list[Image.Image]], Tensor]
     text_encoder: Callable[[list[str]], Tensor] | None
     device: str
+    # lowered on CUDA out-of-memory: later batches go in pieces of this size at most
+    max_batch: int | None = None
 
     @property
     def has_text(self) -> bool:
@@ -72,15 +76,36 @@ class EmbeddingModel:
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         rgb = [im.convert("RGB") for im in images]
         if self.preprocess is None:
-            return _unit(self.image_encoder(rgb))
-        return _unit(self.image_encoder(self.preprocess(rgb).to(self.device)))
+            return self._in_pieces(self.image_encoder, rgb)
+        return self._in_pieces(
+            lambda part: self.image_encoder(self.preprocess(part).to(self.device)), rgb)
 
     @torch.inference_mode()
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         if self.text_encoder is None:
             raise ModelError(f"model {self.name!r} is vision-only: it cannot embed text "
                              "queries (text and hybrid queries need a vision-language model)")
-        return _unit(self.text_encoder(list(texts)))
+        return self._in_pieces(self.text_encoder, list(texts))
+
+    def _in_pieces(self, encode: Callable[[list], Tensor], items: list) -> np.ndarray:
+        """Unit embeddings of `items`, halving the batch on GPU out-of-memory (logged) down to
+        one item, which must fit; later batches keep the lowered size."""
+        size = min(len(items), self.max_batch or len(items))
+        parts = []
+        for start in range(0, len(items), max(size, 1)):
+            part = items[start:start + size]
+            try:
+                parts.append(_unit(encode(part)))
+            except torch.OutOfMemoryError:
+                if len(part) == 1:
+                    raise
+                self.max_batch = max(1, len(part) // 2)
+                log.warning("%s: out of GPU memory on a batch of %d; going on with batches of "
+                            "%d", self.name, len(part), self.max_batch)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                parts.append(self._in_pieces(encode, part))
+        return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
     @property
     def dim(self) -> int:
