@@ -76,8 +76,11 @@ def test_remote_code_runs_only_when_opted_in_with_a_commit(monkeypatch):
 
 def test_the_config_check_stops_before_any_job():
     check_config(validated({"models": ["mllm:e5-v"]}))
-    with pytest.raises(ConfigError, match="retrieval.models: mllm:gme-qwen2-vl-2b: its family"):
-        check_config(validated({"models": ["mllm:gme-qwen2-vl-2b"]}))
+    check_config(validated({"models": ["mllm:gme-qwen2-vl-2b"]}))  # adapted, no hub code
+    with pytest.raises(ConfigError, match="retrieval.models: mllm:bge-vl-large: its adapter"):
+        check_config(validated({"models": ["mllm:bge-vl-large"]}))
+    with pytest.raises(ConfigError, match="mllm:vlm2vec-v2: its adapter .qwen2_vl family. is"):
+        check_config(validated({"models": ["mllm:vlm2vec-v2"]}))  # a family, another recipe
     with pytest.raises(ConfigError, match="'nope' is not in the embedder registry"):
         check_config(validated({"models": ["mllm:nope"]}))
     with pytest.raises(ConfigError, match="remote_code names e5-v, which retrieval.models"):

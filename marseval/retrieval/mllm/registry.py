@@ -22,9 +22,9 @@ import yaml
 from marseval.errors import MarsevalError
 
 PREFIX = "mllm:"
-# families with an adapter (marseval/retrieval/mllm/<family>.py, marseval.retrieval.mllm.load);
-# an embedder of another family is refused when the config is checked
-ADAPTED_FAMILIES = ("llava_next",)
+# (family, recipe) pairs with an adapter (marseval/retrieval/mllm/<family>.py,
+# marseval.retrieval.mllm.load); another embedder is refused when the config is checked
+ADAPTED = (("llava_next", None), ("qwen2_vl", "gme"))
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
@@ -77,9 +77,11 @@ def remote_code_problem(name: str, opted_in: dict[str, str]) -> str | None:
     """Why `mllm:<key>` may not run under the config's retrieval.remote_code (or has no
     adapter), or None."""
     spec = get_embedder(name)
-    if spec.family not in ADAPTED_FAMILIES:
-        return (f"{name}: its family {spec.family!r} has no adapter yet (adapted: "
-                f"{', '.join(ADAPTED_FAMILIES)})")
+    if (spec.family, spec.extra.get("recipe")) not in ADAPTED:
+        adapted = sorted(k for k, e in embedders().items()
+                         if (e.family, e.extra.get("recipe")) in ADAPTED)
+        return (f"{name}: its adapter ({spec.family} family) is not written yet (adapted: "
+                f"{', '.join(adapted)})")
     if not spec.remote_code:
         return None
     commit = opted_in.get(spec.key)
