@@ -51,8 +51,12 @@ def test_costs_cover_every_configured_model(costs):
     # multimodal-LLM embedders are sized from their registry entries (published sizes)
     embedders = {name for name in models if name.startswith("mllm:")}
     assert sorted(set(models) - set(costs) - embedders) == []
-    for name in embedders:
-        assert model_cost(name)["forward_gflops"] > 1000, name  # billions of parameters
+    from marseval.retrieval.mllm.registry import get_embedder
+
+    for name in embedders:  # 2 FLOPs per published parameter and image token
+        extra = get_embedder(name).extra
+        assert model_cost(name)["forward_gflops"] == pytest.approx(
+            2 * extra["params_b"] * extra["image_tokens"]), name
         models.pop(name)
     for name, task in models.items():
         record = costs[name]

@@ -82,7 +82,7 @@ PAIRS = CLASSIFICATION_PAIRS + DENSE_PAIRS
 # The paper trains in the reference protocol (bench.protocol: marsbench): its frozen backbones
 # run in train mode on augmented images, so no feature cache is planned.
 CTX_GROUPS = 3600 // 40  # the CTX V01 tiles within 80 degrees, 40 a group
-RETRIEVAL_MODELS = 10  # the paper's open_clip, AIMv2, DINOv3 rows, MarScope, E5-V and GME
+RETRIEVAL_MODELS = 11  # the paper's open_clip, AIMv2, DINOv3 rows, MarScope, E5-V, GME, BGE-VL
 PAPER_JOBS = {"download": 23, "standardize": 23, "data_summary": 1,
               "tune": PAIRS * 8, "select": PAIRS,
               "train": CLASSIFICATION_PAIRS * 7 * 14 + DENSE_PAIRS * 7 * 8, "collect": 3,
@@ -168,7 +168,7 @@ def test_the_paper_is_what_users_type_plans(tmp_path: Path, workflow_env: dict[s
     models = {re.search(r"--model (\S+)", j["command"])[1].strip("'") for j in geo}
     assert {"open_clip:ViT-L-14-quickgelu@dfn2b",  # as the reference builds DFN2B
             "open_clip:hf-hub:claytonwang/MarsScope-v1", "mllm:e5-v",
-            "mllm:gme-qwen2-vl-2b"} <= models
+            "mllm:gme-qwen2-vl-2b", "mllm:bge-vl-large"} <= models
     assert all(re.search(r"--seeds \d+ ", j["command"]) for j in train)  # a job per seed
     # the geo database: 3,600 Murray Lab tiles in 90 download jobs, cut into 0.2-degree cells
     downloads = planned_jobs(output, "ctx_download")

@@ -20,10 +20,11 @@ def load_embedder(name: str, device: str, source: str | None = None,
                   revision: str | None = None):
     """The EmbeddingModel of `mllm:<key>`; `source` (a local folder) replaces the hub id,
     `revision` the registry's commit (a remote-code model's opted-in commit)."""
-    from marseval.retrieval.mllm import llava_next, qwen2_vl
+    from marseval.retrieval.mllm import bge_vl, llava_next, qwen2_vl
 
     spec = get_embedder(name)
-    builders = {"llava_next": llava_next.build, "qwen2_vl": qwen2_vl.build}
+    builders = {"llava_next": llava_next.build, "qwen2_vl": qwen2_vl.build,
+                "bge_vl": bge_vl.build}
     if spec.family not in builders:  # the config check refuses these before any job
         raise MarsevalError(f"{name}: the {spec.family} family has no adapter yet")
     return builders[spec.family](name, spec, device, source or spec.hub,

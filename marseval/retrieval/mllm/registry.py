@@ -24,7 +24,7 @@ from marseval.errors import MarsevalError
 PREFIX = "mllm:"
 # (family, recipe) pairs with an adapter (marseval/retrieval/mllm/<family>.py,
 # marseval.retrieval.mllm.load); another embedder is refused when the config is checked
-ADAPTED = (("llava_next", None), ("qwen2_vl", "gme"))
+ADAPTED = (("llava_next", None), ("qwen2_vl", "gme"), ("bge_vl", None))
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
