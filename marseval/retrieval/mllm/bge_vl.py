@@ -27,13 +27,12 @@ CLIPProcessor:
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Sequence
 
 import torch
 from PIL import Image
 from torch import Tensor
 
-from marseval.errors import MarsevalError
+from marseval.retrieval.mllm.building import in_batches, load_complete
 from marseval.retrieval.mllm.load import weights_dtype
 from marseval.retrieval.mllm.registry import EmbedderSpec
 from marseval.retrieval.models import EmbeddingModel
@@ -81,24 +80,12 @@ def load_model(name: str, source: str, revision: str | None, dtype: torch.dtype)
     (they would be random)."""
     from transformers import CLIPModel
 
-    model, info = CLIPModel.from_pretrained(source, revision=revision, dtype=dtype,
-                                            output_loading_info=True)
-    missing = sorted(info.get("missing_keys") or [])
-    if missing or info.get("mismatched_keys"):
-        raise MarsevalError(f"{name}: the checkpoint at {source} leaves weights of "
-                            f"transformers' CLIPModel unloaded ({', '.join(missing[:5])}"
-                            f"{' ...' if len(missing) > 5 else ''}"
-                            f"{'; shape mismatches' if info.get('mismatched_keys') else ''})")
-    return model
+    return load_complete(CLIPModel, name, source, revision, dtype)
 
 
 def _features(output) -> Tensor:
     """get_*_features: a tensor in transformers 4.x, the pooled output in 5.x."""
     return output if isinstance(output, Tensor) else output.pooler_output
-
-
-def _in_batches(items: Sequence, size: int, encode: Callable[[list], Tensor]) -> Tensor:
-    return torch.cat([encode(list(items[i:i + size])) for i in range(0, len(items), size)])
 
 
 def build(name: str, spec: EmbedderSpec, device: str, source: str,
@@ -114,13 +101,13 @@ def build(name: str, spec: EmbedderSpec, device: str, source: str,
             reopened = [jpeg_round_trip(im, quality) for im in part]
             pixels = processor(images=reopened, return_tensors="pt")["pixel_values"]
             return _features(model.get_image_features(pixel_values=pixels.to(device)))
-        return _in_batches(images, spec.batch_size, batch)
+        return in_batches(images, spec.batch_size, batch)
 
     def encode_texts(texts: list[str]) -> Tensor:
         def batch(part: list[str]) -> Tensor:
             tokens = processor(text=part, return_tensors="pt", padding=True, truncation=True,
                                max_length=max_length).to(device)
             return _features(model.get_text_features(**tokens))
-        return _in_batches(texts, spec.batch_size, batch)
+        return in_batches(texts, spec.batch_size, batch)
 
     return EmbeddingModel(name, None, encode_images, encode_texts, device)

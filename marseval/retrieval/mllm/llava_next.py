@@ -11,12 +11,12 @@ the pooled token is the last real token of each row, so a batch gives what one-b
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
-import torch
 from PIL import Image
 from torch import Tensor
 
+from marseval.retrieval.mllm.building import in_batches, load_complete
 from marseval.retrieval.mllm.load import weights_dtype
 from marseval.retrieval.mllm.pooling import last_token
 from marseval.retrieval.mllm.registry import EmbedderSpec
@@ -31,10 +31,6 @@ def prompts(spec: EmbedderSpec) -> tuple[str, Callable[[str], str]]:
     return image_prompt, lambda text: text_template.replace("<sent>", text)
 
 
-def in_batches(items: Sequence, size: int, encode: Callable[[list], Tensor]) -> Tensor:
-    return torch.cat([encode(list(items[i:i + size])) for i in range(0, len(items), size)])
-
-
 def build(name: str, spec: EmbedderSpec, device: str, source: str,
           revision: str | None) -> EmbeddingModel:
     from transformers import LlavaNextForConditionalGeneration, LlavaNextProcessor
@@ -47,8 +43,7 @@ def build(name: str, spec: EmbedderSpec, device: str, source: str,
     if getattr(processor.image_processor, "patch_size", None) is None:
         processor.image_processor.patch_size = patch
     processor.tokenizer.padding_side = spec.padding_side
-    model = LlavaNextForConditionalGeneration.from_pretrained(source, revision=revision,
-                                                              dtype=dtype)
+    model = load_complete(LlavaNextForConditionalGeneration, name, source, revision, dtype)
     model = model.to(device).eval()
     image_prompt, text_prompt = prompts(spec)
 

@@ -28,13 +28,14 @@ instruction="Find an image that matches the given text.")`:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 from PIL import Image
 from torch import Tensor
 
 from marseval.errors import MarsevalError
+from marseval.retrieval.mllm.building import in_batches, load_complete
 from marseval.retrieval.mllm.load import weights_dtype
 from marseval.retrieval.mllm.pooling import last_token
 from marseval.retrieval.mllm.registry import EmbedderSpec
@@ -137,15 +138,7 @@ def load_model(name: str, source: str, revision: str | None, dtype: torch.dtype)
     unloaded (they would be random)."""
     from transformers import Qwen2VLModel
 
-    model, info = Qwen2VLModel.from_pretrained(source, revision=revision, dtype=dtype,
-                                               output_loading_info=True)
-    missing = sorted(info.get("missing_keys") or [])
-    if missing or info.get("mismatched_keys"):
-        raise MarsevalError(f"{name}: the checkpoint at {source} leaves weights of "
-                            f"transformers' Qwen2VLModel unloaded ({', '.join(missing[:5])}"
-                            f"{' ...' if len(missing) > 5 else ''}"
-                            f"{'; shape mismatches' if info.get('mismatched_keys') else ''})")
-    return model
+    return load_complete(Qwen2VLModel, name, source, revision, dtype)
 
 
 def gme_forward(model, inputs, device: str) -> Tensor:
@@ -170,10 +163,6 @@ def gme_forward(model, inputs, device: str) -> Tensor:
     return last_token(hidden, attention_mask)
 
 
-def _in_batches(items: Sequence, size: int, encode: Callable[[list], Tensor]) -> Tensor:
-    return torch.cat([encode(list(items[i:i + size])) for i in range(0, len(items), size)])
-
-
 def build(name: str, spec: EmbedderSpec, device: str, source: str,
           revision: str | None) -> EmbeddingModel:
     recipe = spec.extra.get("recipe")
@@ -193,10 +182,10 @@ def build(name: str, spec: EmbedderSpec, device: str, source: str,
             fetched = [fetch_image(im) for im in part]
             return gme_forward(model, processor(text=[image_input] * len(part),
                                                 images=fetched, **call), device)
-        return _in_batches(images, spec.batch_size, batch)
+        return in_batches(images, spec.batch_size, batch)
 
     def encode_texts(texts: list[str]) -> Tensor:
-        return _in_batches(texts, spec.batch_size, lambda part: gme_forward(
+        return in_batches(texts, spec.batch_size, lambda part: gme_forward(
             model, processor(text=[text_input(t) for t in part], images=None, **call),
             device))
 
