@@ -212,6 +212,9 @@ def _retrieval_commands(commands) -> None:
     em.add_argument("--out", required=True, type=Path)
     em.add_argument("--cells", type=Path,
                     help="geo-localization: a cut CTX cell group (its cells are the database)")
+    em.add_argument("--bad-images", default="stop", choices=["stop", "skip"],
+                    help="an image that does not decode stops the shard, or is left out "
+                         "(named in the log, counted)")
     em.add_argument("--caption-key", default="refined_caption",
                     choices=["refined_caption", "ori_caption"],
                     help="paired retrieval: which Mars-VL-Pairs caption is matched")
@@ -323,8 +326,10 @@ def run_retrieval(args: argparse.Namespace) -> None:
 
         done = embed_shard(args.dataset_dir, args.model, args.shard, args.shards, args.out,
                            cells=args.cells, batch_size=args.batch_size, device=device,
-                           dtype=args.dtype, caption_key=args.caption_key)
-        print(f"embedded {done['rows']} items in {done['seconds']:.1f} s into {args.out}")
+                           dtype=args.dtype, caption_key=args.caption_key,
+                           skip_bad_images=args.bad_images == "skip")
+        print(f"embedded {done['rows']} items in {done['seconds']:.1f} s into {args.out}; "
+              f"{len(done['skipped'])} unreadable images left out")
     elif args.command == "index":
         from marseval.retrieval.index import build_index
 

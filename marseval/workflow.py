@@ -407,6 +407,7 @@ def _encoder_job_flags(config: dict[str, Any]) -> list[str]:
 def embed_flags(config: dict[str, Any]) -> str:
     return " ".join([f"--dtype {config['retrieval']['embed_dtype']}",
                      f"--caption-key {config['retrieval']['caption_key']}",
+                     f"--bad-images {config['retrieval']['bad_images']}",
                      *_encoder_job_flags(config)])
 
 

@@ -187,3 +187,31 @@ def test_paired_captions_follow_the_caption_key(tmp_path):
         re.database(tmp_path, meta, caption_key="caption")
     with pytest.raises(MarsevalError, match="give the cell group"):
         re.database(tmp_path, {"subtask": "geolocalization"})
+
+
+def test_an_unreadable_image_stops_the_shard_or_is_left_out(tmp_path, caplog):
+    from marseval.data.retrieval import standardize_retrieval
+    from marseval.data.synthetic.retrieval import write_retrieval
+    from marseval.registry import get_dataset
+    from marseval.retrieval.index import read_shard
+
+    spec = get_dataset("mr-vl_pairs")
+    write_retrieval(spec, tmp_path / "raw", 0, 32, {"pairs": 5})
+    data = tmp_path / "data"
+    standardize_retrieval(tmp_path / "raw", data, spec, "synthetic")
+    samples = pd.read_parquet(data / "samples.parquet")
+    broken = data / samples["image"][2]
+    broken.write_bytes(broken.read_bytes()[:40])  # a truncated JPEG
+    with pytest.raises(MarsevalError, match=rf"image {broken}: unreadable .*bad_images: skip"):
+        re.embed_shard(data, "tiny-clip", 0, 1, tmp_path / "stopped")
+    assert not (tmp_path / "stopped").exists()  # nothing half-written
+    with caplog.at_level("WARNING"):
+        done = re.embed_shard(data, "tiny-clip", 0, 1, tmp_path / "shard",
+                              skip_bad_images=True)
+    assert done["rows"] == 4 and done["skipped"] == [str(broken)]
+    assert f"image {broken}: unreadable" in caplog.text
+    embeddings, ids, extras = read_shard(tmp_path / "shard")
+    kept = samples["sample_id"].drop(index=2).tolist()
+    assert ids["id"].tolist() == kept  # rows, captions and embeddings stay aligned
+    assert len(embeddings) == len(extras["text_embeddings"]) == 4
+    assert ids["caption"].tolist() == samples["caption"].drop(index=2).tolist()

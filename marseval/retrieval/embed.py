@@ -93,6 +93,35 @@ def sample_images(dataset_dir: Path, rows: pd.DataFrame) -> list[Image.Image]:
     return images
 
 
+class SampleLoader:
+    """Batch rows -> their images. An image that does not decode stops the shard, or with
+    `skip` is named in the log, counted and left out (its row with it: `kept` lists the
+    rows whose images were loaded, in order)."""
+
+    def __init__(self, dataset_dir: Path, skip: bool = False) -> None:
+        self.dataset_dir, self.skip = Path(dataset_dir), skip
+        self.kept: list = []
+        self.skipped: list[str] = []
+
+    def __call__(self, batch: pd.DataFrame) -> list[Image.Image]:
+        images = []
+        for index, name in zip(batch.index, batch["image"], strict=True):
+            path = self.dataset_dir / name
+            try:
+                with Image.open(path) as im:
+                    images.append(im.convert("RGB"))
+            except OSError as exc:
+                if not self.skip:
+                    raise MarsevalError(f"image {path}: unreadable ({exc}); the shard stops "
+                                        "(retrieval.bad_images: skip leaves such images "
+                                        "out)") from None
+                log.warning("image %s: unreadable (%s); left out of the shard", path, exc)
+                self.skipped.append(str(path))
+                continue
+            self.kept.append(index)
+        return images
+
+
 def embed_images(model: EmbeddingModel, rows: pd.DataFrame, batch_size: int,
                  load: Callable[[pd.DataFrame], list[Image.Image]]) -> np.ndarray:
     """Embeddings of `rows` in order, `load(batch rows) -> PIL images`, batch by batch."""
@@ -122,7 +151,8 @@ def embed_texts(model: EmbeddingModel, texts: Sequence[str], batch_size: int) ->
 
 def embed_shard(dataset_dir: Path, model_name: str, shard: int, shards: int, out: Path, *,
                 cells: Path | None = None, batch_size: int = 64, device: str = "cpu",
-                dtype: str = "float32", caption_key: str = "refined_caption") -> dict:
+                dtype: str = "float32", caption_key: str = "refined_caption",
+                skip_bad_images: bool = False) -> dict:
     """Embed shard `shard` of `shards` of a dataset's database into the folder `out`."""
     dataset_dir = Path(dataset_dir)
     meta = read_meta(dataset_dir)
@@ -133,19 +163,22 @@ def embed_shard(dataset_dir: Path, model_name: str, shard: int, shards: int, out
     started = time.perf_counter()
     model = load_model(model_name, device)
     extra: dict[str, np.ndarray] = {}
+    skipped: list[str] = []
     if meta["subtask"] == "geolocalization":
         embeddings = embed_stream(model, cell_images(cells, rows["member"].tolist()),
                                   batch_size)
     else:
-        embeddings = embed_images(model, rows, batch_size,
-                                  lambda batch: sample_images(dataset_dir, batch))
+        loader = SampleLoader(dataset_dir, skip_bad_images)
+        embeddings = embed_images(model, rows, batch_size, loader)
+        rows = rows.loc[loader.kept]
+        skipped = loader.skipped
     if meta["subtask"] == "paired" and model.has_text:
         # a vision-only model has no captions to match: evaluation reports it not applicable
         extra["text_embeddings"] = embed_texts(model, rows["caption"].tolist(), batch_size)
     seconds = time.perf_counter() - started
     write_shard(out, embeddings, rows.drop(columns=["image", "member"], errors="ignore"),
                 dtype=dtype, extra=extra)
-    log.info("%s shard %d/%d: %d items in %.1f s (%.1f items/s) with %s on %s",
-             meta["name"], shard, shards, len(rows), seconds, len(rows) / max(seconds, 1e-9),
-             model_name, device)
-    return {"rows": len(rows), "seconds": seconds}
+    log.info("%s shard %d/%d: %d items in %.1f s (%.1f items/s) with %s on %s; %d "
+             "unreadable images left out", meta["name"], shard, shards, len(rows), seconds,
+             len(rows) / max(seconds, 1e-9), model_name, device, len(skipped))
+    return {"rows": len(rows), "seconds": seconds, "skipped": skipped}
