@@ -178,7 +178,10 @@ def embed_shard(dataset_dir: Path, model_name: str, shard: int, shards: int, out
     seconds = time.perf_counter() - started
     write_shard(out, embeddings, rows.drop(columns=["image", "member"], errors="ignore"),
                 dtype=dtype, extra=extra)
-    log.info("%s shard %d/%d: %d items in %.1f s (%.1f items/s) with %s on %s; %d "
-             "unreadable images left out", meta["name"], shard, shards, len(rows), seconds,
-             len(rows) / max(seconds, 1e-9), model_name, device, len(skipped))
+    # benchmarks/gpu_check.py reads this line: the device stays at its end
+    log.info("%s shard %d/%d: %d items in %.1f s (%.1f items/s) with %s on %s",
+             meta["name"], shard, shards, len(rows), seconds, len(rows) / max(seconds, 1e-9),
+             model_name, device)
+    log.info("%s shard %d/%d: %d unreadable images left out", meta["name"], shard, shards,
+             len(skipped))
     return {"rows": len(rows), "seconds": seconds, "skipped": skipped}
