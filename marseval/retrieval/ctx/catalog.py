@@ -99,6 +99,10 @@ def tile_groups(tiles: list[CtxTile], per_group: int) -> list[list[CtxTile]]:
     return [tiles[i:i + per_group] for i in range(0, len(tiles), per_group)]
 
 
+def cells_per_side(delta: float) -> int:
+    """Cells along a tile's side: the reference's ceil(4 / delta), the last one clipped."""
+    return math.ceil(TILE_DEGREES / delta - 1e-9)
+
+
 def cells_per_tile(delta: float) -> int:
-    side = math.ceil(TILE_DEGREES / delta - 1e-9)
-    return side * side
+    return cells_per_side(delta) ** 2

@@ -29,7 +29,13 @@ from PIL import Image
 
 from marseval.atomic import atomic_directory, atomic_write_json
 from marseval.errors import MarsevalError
-from marseval.retrieval.ctx.catalog import MARS_LONLAT, TILE_DEGREES, CtxTile, parse_tile
+from marseval.retrieval.ctx.catalog import (
+    MARS_LONLAT,
+    TILE_DEGREES,
+    CtxTile,
+    cells_per_side,
+    parse_tile,
+)
 from marseval.retrieval.ctx.vrt import vrt_sources
 
 log = logging.getLogger(__name__)
@@ -56,7 +62,7 @@ def cell_name(lon: float, lat: float, delta: float) -> str:
 
 def tile_cells(tile: CtxTile, delta: float) -> list[tuple[str, float, float, float, float]]:
     """(name, lon_min, lat_min, lon_max, lat_max) of every cell of a tile, reference order."""
-    side = math.ceil(TILE_DEGREES / delta - 1e-9)
+    side = cells_per_side(delta)
     cells = []
     for row in range(side):
         for col in range(side):

@@ -39,12 +39,13 @@ def _groups(max_abs_lat: float, region: tuple[float, ...] | None, per_group: int
 def ctx_source(config: dict[str, Any]) -> str:
     """`synthetic` (fake tiles the generator writes) or `murray_lab`: `auto` follows the
     geo-localization dataset's source."""
+    from marseval.workflow import source_of  # workflow imports this module's callers
+
     chosen = config["retrieval"]["ctx"]["source"]
     if chosen != "auto":
         return chosen
     geo = _geo_dataset(config)
-    source = (config["dataset_options"].get(geo) or {}).get("source", config["source"]) \
-        if geo else config["source"]
+    source = source_of(config, geo) if geo else config["source"]
     return "synthetic" if source == "synthetic" else "murray_lab"
 
 
