@@ -7,11 +7,12 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from lonlat_grid import cell_of, tile_grid
 
 from marseval.errors import MarsevalError
 from marseval.retrieval import embed as re
 from marseval.retrieval import queries as rq
-from marseval.retrieval.tiles import cell_of, tile_grid, tile_locations
+from marseval.retrieval.tiles import tile_locations
 
 # --------------------------------------------------------------------------- tile grid
 
