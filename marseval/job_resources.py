@@ -77,9 +77,10 @@ def embedder_cost(name: str) -> dict[str, Any]:
     parameter and image token, weights in the GPU dtype."""
     from marseval.retrieval.mllm.registry import get_embedder
 
-    extra = get_embedder(name).extra
+    spec = get_embedder(name)
+    extra = spec.extra
     params = extra["params_b"] * 1e9
-    bytes_per = 4 if get_embedder(name).cuda_dtype == "float32" else 2
+    bytes_per = 4 if spec.cuda_dtype == "float32" else 2
     return {"task": "retrieval", "forward_gflops": 2 * params * extra["image_tokens"] / 1e9,
             "weights_mb": params * bytes_per / MB, "feature_dim": extra["embedding_dim"]}
 

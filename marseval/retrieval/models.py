@@ -242,12 +242,20 @@ def _settings_table() -> dict[str, dict]:
     return yaml.safe_load(text)["models"]
 
 
+def gpu_weights_dtype(cuda_dtype: str | None, device: str) -> torch.dtype:
+    """A registry's `cuda_dtype` (float16, bfloat16) on a GPU; float32 on the CPU, where half
+    precision is slow, and wherever the registry names none."""
+    if not device.startswith("cuda"):
+        return torch.float32
+    return {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(cuda_dtype or "",
+                                                                      torch.float32)
+
+
 def model_settings(name: str, device: str) -> tuple[str | None, torch.dtype]:
     """The hub revision and weights' dtype a model loads with, as the reference loads it
-    (marseval/registry/retrieval_models.yaml): float16 only on a GPU, where listed."""
+    (marseval/registry/retrieval_models.yaml)."""
     found = _settings_table().get(name, {})
-    half = device.startswith("cuda") and found.get("cuda_dtype") == "float16"
-    return found.get("revision"), torch.float16 if half else torch.float32
+    return found.get("revision"), gpu_weights_dtype(found.get("cuda_dtype"), device)
 
 
 def _transformers(name: str, source: str, pooling: str | None, device: str) -> EmbeddingModel:

@@ -6,14 +6,12 @@ import torch
 
 from marseval.errors import MarsevalError
 from marseval.retrieval.mllm.registry import EmbedderSpec, get_embedder
+from marseval.retrieval.models import gpu_weights_dtype
 
 
 def weights_dtype(spec: EmbedderSpec, device: str) -> torch.dtype:
     """The reference's dtype on a GPU; float32 on the CPU, where half precision is slow."""
-    if not device.startswith("cuda"):
-        return torch.float32
-    return {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(spec.cuda_dtype,
-                                                                      torch.float32)
+    return gpu_weights_dtype(spec.cuda_dtype, device)
 
 
 def load_embedder(name: str, device: str, source: str | None = None,
