@@ -81,25 +81,13 @@ def _batches(rows: pd.DataFrame, size: int) -> Iterator[pd.DataFrame]:
         yield rows.iloc[start:start + size]
 
 
-def sample_images(dataset_dir: Path, rows: pd.DataFrame) -> list[Image.Image]:
-    images = []
-    for name in rows["image"]:
-        path = Path(dataset_dir) / name
-        try:
-            with Image.open(path) as im:
-                images.append(im.convert("RGB"))
-        except OSError as exc:
-            raise MarsevalError(f"image {path}: unreadable ({exc})") from None
-    return images
-
-
 class SampleLoader:
-    """Batch rows -> their images. An image that does not decode stops the shard, or with
-    `skip` is named in the log, counted and left out (its row with it: `kept` lists the
-    rows whose images were loaded, in order)."""
+    """Batch rows -> their images. An image that does not decode stops the job (the error
+    names it, then `stop_hint`), or with `skip` is named in the log, counted and left out
+    (its row with it: `kept` lists the rows whose images were loaded, in order)."""
 
-    def __init__(self, dataset_dir: Path, skip: bool = False) -> None:
-        self.dataset_dir, self.skip = Path(dataset_dir), skip
+    def __init__(self, dataset_dir: Path, skip: bool = False, stop_hint: str = "") -> None:
+        self.dataset_dir, self.skip, self.stop_hint = Path(dataset_dir), skip, stop_hint
         self.kept: list = []
         self.skipped: list[str] = []
 
@@ -112,14 +100,18 @@ class SampleLoader:
                     images.append(im.convert("RGB"))
             except OSError as exc:
                 if not self.skip:
-                    raise MarsevalError(f"image {path}: unreadable ({exc}); the shard stops "
-                                        "(retrieval.bad_images: skip leaves such images "
-                                        "out)") from None
+                    raise MarsevalError(f"image {path}: unreadable ({exc}){self.stop_hint}"
+                                        ) from None
                 log.warning("image %s: unreadable (%s); left out of the shard", path, exc)
                 self.skipped.append(str(path))
                 continue
             self.kept.append(index)
         return images
+
+
+def sample_images(dataset_dir: Path, rows: pd.DataFrame) -> list[Image.Image]:
+    """The images of `rows`; one that does not decode stops the job, naming it."""
+    return SampleLoader(dataset_dir)(rows)
 
 
 def embed_images(model: EmbeddingModel, rows: pd.DataFrame, batch_size: int,
@@ -168,7 +160,9 @@ def embed_shard(dataset_dir: Path, model_name: str, shard: int, shards: int, out
         embeddings = embed_stream(model, cell_images(cells, rows["member"].tolist()),
                                   batch_size)
     else:
-        loader = SampleLoader(dataset_dir, skip_bad_images)
+        loader = SampleLoader(dataset_dir, skip_bad_images,
+                              "; the shard stops (retrieval.bad_images: skip leaves such "
+                              "images out)")
         embeddings = embed_images(model, rows, batch_size, loader)
         rows = rows.loc[loader.kept]
         skipped = loader.skipped
