@@ -71,6 +71,8 @@ DIRECT: dict[str, tuple[str, ...]] = {
         "torchvision",
         "open_clip_torch",
         "transformers",
+        "peft",
+        "qwen-vl-utils",
         "timm",
         "faiss-cpu",
     ),

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from retrieval_stages import run_retrieval_stages
 from snakemake.utils import validate
 
 from marseval.errors import MarsevalError
@@ -75,12 +75,22 @@ def test_remote_code_runs_only_when_opted_in_with_a_commit(monkeypatch):
     assert check_embedders(["mllm:bge-vl-large"], {"bge-vl-large": COMMIT}) == []
 
 
-def test_the_config_check_stops_before_any_job():
+def test_the_config_check_stops_before_any_job(monkeypatch):
     check_config(validated({"models": ["mllm:e5-v"]}))
     check_config(validated({"models": ["mllm:gme-qwen2-vl-2b"]}))  # adapted, no hub code
     check_config(validated({"models": ["mllm:bge-vl-large"]}))  # adapted, no hub code
-    with pytest.raises(ConfigError, match="mllm:vlm2vec-v2: its adapter .qwen2_vl family. is"):
-        check_config(validated({"models": ["mllm:vlm2vec-v2"]}))  # a family, another recipe
+    from marseval.retrieval.mllm import registry
+
+    # an entry of a family without an adapter, and one of a family's unwritten recipe
+    unwritten = dataclasses.replace(get_embedder("vlm2vec-v2"), family="new_family")
+    other_recipe = dataclasses.replace(get_embedder("gme-qwen2-vl-2b"),
+                                       extra={"recipe": "other"})
+    monkeypatch.setattr(registry, "embedders", lambda: {
+        **embedders(), "vlm2vec-v2": unwritten, "gme-qwen2-vl-2b": other_recipe})
+    with pytest.raises(ConfigError, match="mllm:vlm2vec-v2: its adapter .new_family family. is"):
+        check_config(validated({"models": ["mllm:vlm2vec-v2"]}))
+    with pytest.raises(ConfigError, match="mllm:gme-qwen2-vl-2b: its adapter .qwen2_vl family"):
+        check_config(validated({"models": ["mllm:gme-qwen2-vl-2b"]}))
     with pytest.raises(ConfigError, match="'nope' is not in the embedder registry"):
         check_config(validated({"models": ["mllm:nope"]}))
     with pytest.raises(ConfigError, match="remote_code names e5-v, which retrieval.models"):
@@ -202,27 +212,4 @@ def test_e5v_batches_equal_one_by_one(tiny_e5v, side):
 @pytest.mark.parametrize("dataset", ["mr-vl_pairs", "mr-landforms"])
 def test_e5v_runs_the_retrieval_stages_on_synthetic_sets(tiny_e5v, tmp_path, dataset):
     """embed -> index -> queries -> evaluate with `mllm:e5-v@<tiny weights>`, as the jobs do."""
-    from marseval.data.retrieval import standardize_retrieval
-    from marseval.data.synthetic.retrieval import write_retrieval
-    from marseval.registry import get_dataset
-    from marseval.retrieval.embed import embed_shard
-    from marseval.retrieval.evaluate import evaluate
-    from marseval.retrieval.index import build_index
-    from marseval.retrieval.queries import build_queries
-
-    spec = get_dataset(dataset)
-    write_retrieval(spec, tmp_path / "raw", 0, 40, {"pairs": 6, "landform_images_per_class": 2})
-    data = tmp_path / "data"
-    standardize_retrieval(tmp_path / "raw", data, spec, "synthetic")
-    name = f"mllm:e5-v@{tiny_e5v}"
-    done = embed_shard(data, name, 0, 1, tmp_path / "shard", batch_size=4)
-    build_index([tmp_path / "shard"], tmp_path / "index")
-    queries = None
-    if spec.subtask == "landform":
-        queries = tmp_path / "queries.npz"
-        build_queries(data, name, queries, batch_size=4)
-    record = evaluate(data, tmp_path / "index", tmp_path / "eval", model=name,
-                      queries_path=queries)
-    assert record["applicable"] and record["embedding_dim"] == 32
-    classes = json.loads((data / "meta.json").read_text()).get("classes") or []
-    assert done["rows"] == (6 if spec.subtask == "paired" else 2 * len(classes))
+    run_retrieval_stages(f"mllm:e5-v@{tiny_e5v}", dataset, tmp_path, dim=32)
