@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import string
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,9 +45,9 @@ def _tokenizer():
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=MAX_POSITIONS)
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A tiny CLIPModel saved as a hub repo is: weights, (fast-type) image processor, tokenizer."""
+def make_bge_vl_checkpoint(folder: Path):
+    """A tiny CLIPModel saved into `folder` as a hub repo is: weights, (fast-type) image
+    processor, tokenizer. Returns the model and the folder."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
     tokenizer = _tokenizer()
@@ -61,12 +62,16 @@ def checkpoint(tmp_path_factory):
                                num_attention_heads=2, image_size=32, patch_size=8),
             projection_dim=16)
         model = CLIPModel(config).eval()
-    folder = tmp_path_factory.mktemp("bge_vl")
     model.save_pretrained(folder)
     CLIPImageProcessor(size={"shortest_edge": 32},
                        crop_size={"height": 32, "width": 32}).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return model, folder
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return make_bge_vl_checkpoint(tmp_path_factory.mktemp("bge_vl"))
 
 
 @pytest.fixture(scope="module")

@@ -105,9 +105,9 @@ WORDS = "user assistant summary above image sentence in one word a crater on mar
 PINPOINTS = [[32, 32], [32, 64], [64, 32]]
 
 
-@pytest.fixture(scope="module")
-def tiny_e5v(tmp_path_factory) -> Path:
-    """A random LLaVA-NeXT (2-layer CLIP vision tower, 2-layer LLaMA) saved with its processor."""
+def make_e5v_checkpoint(folder: Path) -> Path:
+    """A random LLaVA-NeXT (2-layer CLIP vision tower, 2-layer LLaMA) saved with its processor
+    into `folder` (also what benchmarks/mllm_embedding.py times)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import (
         LlavaNextConfig,
@@ -138,11 +138,17 @@ def tiny_e5v(tmp_path_factory) -> Path:
                          num_key_value_heads=2, max_position_embeddings=512, pad_token_id=0),
         image_token_index=vocab["<image>"], image_grid_pinpoints=PINPOINTS,
         vision_feature_select_strategy="default", vision_feature_layer=-2, image_seq_length=16)
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("e5v")
-    LlavaNextForConditionalGeneration(config).eval().save_pretrained(folder)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = LlavaNextForConditionalGeneration(config).eval()
+    model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_e5v(tmp_path_factory) -> Path:
+    return make_e5v_checkpoint(tmp_path_factory.mktemp("e5v"))
 
 
 def images(sizes) -> list[Image.Image]:
