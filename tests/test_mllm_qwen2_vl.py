@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from mllm_probe import decoded, record_forward
 from PIL import Image
 
 from marseval.errors import MarsevalError
@@ -136,36 +137,21 @@ def published_fetch_image(image: Image.Image) -> Image.Image:
     return image.resize((w_bar, h_bar))
 
 
-def _record(monkeypatch) -> list:
-    """The processor outputs the adapter runs, as they reach its forward."""
-    seen, forward = [], qwen2_vl.gme_forward
-
-    def spy(model, inputs, device):
-        seen.append(inputs)
-        return forward(model, inputs, device)
-
-    monkeypatch.setattr(qwen2_vl, "gme_forward", spy)
-    return seen
-
-
-def _decoded(tokenizer, inputs) -> list[str]:
-    return [tokenizer.decode(ids[mask.bool()], skip_special_tokens=False)
-            for ids, mask in zip(inputs["input_ids"], inputs["attention_mask"], strict=True)]
 
 
 def test_published_prompt_strings_reach_the_tokenizer(gme, checkpoint, monkeypatch):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    seen = _record(monkeypatch)
+    seen = record_forward(monkeypatch, qwen2_vl, "gme_forward")
     gme.embed_texts(TEXTS)
     gme.embed_images(images()[:2])
     text_batch, image_batch = seen
-    assert _decoded(tokenizer, text_batch) == [
+    assert decoded(tokenizer, text_batch) == [
         PUBLISHED.format(instruction=TEXT_INSTRUCTION, input_str=t) for t in TEXTS]
     # each image's pad token expanded to its merged patch count (grid t*h*w / 2**2)
     counts = [int(g.prod()) // 4 for g in image_batch["image_grid_thw"]]
-    assert _decoded(tokenizer, image_batch) == [
+    assert decoded(tokenizer, image_batch) == [
         PUBLISHED.format(instruction=DEFAULT_INSTRUCTION,
                          input_str=IMAGE_STR.replace("<|image_pad|>", "<|image_pad|>" * n))
         for n in counts]
@@ -184,7 +170,7 @@ def test_pixel_limits_and_truncation_follow_the_checkpoint_config(checkpoint, tm
     bare = make_gme_checkpoint(tmp_path / "defaults", tokens=None)
     assert qwen2_vl.gme_settings(Qwen2VLConfig.from_pretrained(bare), spec) == {
         "min_image_tokens": 256, "max_image_tokens": 1280, "max_length": 1800}
-    seen = _record(monkeypatch)
+    seen = record_forward(monkeypatch, qwen2_vl, "gme_forward")
     load_embedder(KEY, "cpu", source=str(checkpoint)).embed_images(images())
     grids = seen[0]["image_grid_thw"]
     tokens = grids.prod(dim=1) // 4
@@ -274,6 +260,10 @@ def test_refuses_a_checkpoint_with_weights_missing(checkpoint, tmp_path):
         load_embedder(KEY, "cpu", source=str(broken))
 
 
-def test_other_qwen2_vl_entries_are_refused_by_name(checkpoint):
-    with pytest.raises(MarsevalError, match="no recipe"):
-        load_embedder("mllm:vlm2vec-v2", "cpu", source=str(checkpoint))
+def test_other_qwen2_vl_recipes_are_refused_by_name(checkpoint, monkeypatch):
+    from marseval.retrieval.mllm import registry
+
+    other = dataclasses.replace(get_embedder(KEY), extra={"recipe": "other"})
+    monkeypatch.setattr(registry, "embedders", lambda: {"gme-qwen2-vl-2b": other})
+    with pytest.raises(MarsevalError, match="no recipe 'other'"):
+        load_embedder(KEY, "cpu", source=str(checkpoint))

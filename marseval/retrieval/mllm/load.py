@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
+
 import torch
 
 from marseval.errors import MarsevalError
-from marseval.retrieval.mllm.registry import EmbedderSpec, get_embedder
+from marseval.retrieval.mllm.registry import ADAPTED, EmbedderSpec, get_embedder
 from marseval.retrieval.models import gpu_weights_dtype
 
 
@@ -18,12 +20,10 @@ def load_embedder(name: str, device: str, source: str | None = None,
                   revision: str | None = None):
     """The EmbeddingModel of `mllm:<key>`; `source` (a local folder) replaces the hub id,
     `revision` the registry's commit (a remote-code model's opted-in commit)."""
-    from marseval.retrieval.mllm import bge_vl, llava_next, qwen2_vl
-
     spec = get_embedder(name)
-    builders = {"llava_next": llava_next.build, "qwen2_vl": qwen2_vl.build,
-                "bge_vl": bge_vl.build}
-    if spec.family not in builders:  # the config check refuses these before any job
+    # the family is the adapter's module (marseval/retrieval/mllm/<family>.py, a `build`)
+    if spec.family not in {family for family, _ in ADAPTED}:
+        # the config check refuses these before any job
         raise MarsevalError(f"{name}: the {spec.family} family has no adapter yet")
-    return builders[spec.family](name, spec, device, source or spec.hub,
-                                 revision or spec.revision)
+    adapter = importlib.import_module(f"marseval.retrieval.mllm.{spec.family}")
+    return adapter.build(name, spec, device, source or spec.hub, revision or spec.revision)

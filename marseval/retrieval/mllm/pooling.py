@@ -1,4 +1,4 @@
-"""The pooled token of decoder embedders: the last real (non-pad) token of each sequence."""
+"""Pooling of decoder embedders: the last real (non-pad) token, or the mean under a mask."""
 
 from __future__ import annotations
 
@@ -18,3 +18,8 @@ def last_token(hidden: Tensor, attention_mask: Tensor) -> Tensor:
     positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
     last = torch.where(mask, positions, torch.full_like(positions, -1)).max(dim=1).values
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+def masked_mean(hidden: Tensor, mask: Tensor) -> Tensor:
+    """(batch, dim) mean of each sequence's hidden states where `mask` (batch, length) is 1."""
+    return (hidden * mask.unsqueeze(-1)).sum(dim=1) / mask.sum(dim=1, keepdim=True)

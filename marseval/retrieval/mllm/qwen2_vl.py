@@ -54,21 +54,30 @@ PIXELS_PER_TOKEN = 28 * 28
 RECIPES = ("gme",)
 
 
+def resize_within(height: int, width: int, factor: int, min_pixels: int,
+                  max_pixels: int) -> tuple[int, int]:
+    """The core of Qwen2-VL's `smart_resize` (each published copy wraps it in its own aspect
+    rule): (height, width) rounded to multiples of `factor` (at least one), scaled down or up
+    to stay between `min_pixels` and `max_pixels`, aspect kept."""
+    h_bar = max(factor, round(height / factor) * factor)
+    w_bar = max(factor, round(width / factor) * factor)
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = math.floor(height / beta / factor) * factor
+        w_bar = math.floor(width / beta / factor) * factor
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
 def fetch_resize(height: int, width: int) -> tuple[int, int]:
     """`smart_resize` of the GME code's fetch_image: (height, width) rounded to multiples of
     28 and brought between 4 and 16,384 patches of 28 x 28, aspect kept; an aspect beyond 200
     is clipped to 200 (the code logs a warning and goes on)."""
-    factor = FETCH_FACTOR
-    h_bar = max(factor, round(height / factor) * factor)
-    w_bar = max(factor, round(width / factor) * factor)
-    if h_bar * w_bar > FETCH_MAX_PIXELS:
-        beta = math.sqrt((height * width) / FETCH_MAX_PIXELS)
-        h_bar = math.floor(height / beta / factor) * factor
-        w_bar = math.floor(width / beta / factor) * factor
-    elif h_bar * w_bar < FETCH_MIN_PIXELS:
-        beta = math.sqrt(FETCH_MIN_PIXELS / (height * width))
-        h_bar = math.ceil(height * beta / factor) * factor
-        w_bar = math.ceil(width * beta / factor) * factor
+    h_bar, w_bar = resize_within(height, width, FETCH_FACTOR, FETCH_MIN_PIXELS,
+                                 FETCH_MAX_PIXELS)
     if max(h_bar, w_bar) / min(h_bar, w_bar) > FETCH_MAX_RATIO:
         if h_bar > w_bar:
             h_bar = w_bar * FETCH_MAX_RATIO
@@ -86,8 +95,9 @@ def fetch_image(image: Image.Image) -> Image.Image:
     return image.resize((resized_width, resized_height), Image.Resampling.BICUBIC)
 
 
-def gme_prompts(spec: EmbedderSpec) -> tuple[str, Callable[[str], str]]:
-    """The image input string and the text input builder of a GME registry entry."""
+def system_user_prompts(spec: EmbedderSpec) -> tuple[str, Callable[[str], str]]:
+    """The image input string and the text input builder of an entry whose prompts are one
+    system + user template (GME, Ops-MM): `template` filled with an instruction and an input."""
     prompts = spec.prompts
     missing = [k for k in ("template", "image", "image_instruction", "text_instruction")
                if k not in prompts]
@@ -169,7 +179,7 @@ def build(name: str, spec: EmbedderSpec, device: str, source: str,
     if recipe not in RECIPES:
         raise MarsevalError(f"{name}: the qwen2_vl adapter has no recipe {recipe!r} for "
                             f"{spec.key} (it runs: {', '.join(RECIPES)})")
-    image_input, text_input = gme_prompts(spec)
+    image_input, text_input = system_user_prompts(spec)
     model = load_model(name, source, revision, weights_dtype(spec, device))
     model = model.to(device).eval()
     settings = gme_settings(model.config, spec)

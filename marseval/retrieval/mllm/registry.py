@@ -24,7 +24,8 @@ from marseval.errors import MarsevalError
 PREFIX = "mllm:"
 # (family, recipe) pairs with an adapter (marseval/retrieval/mllm/<family>.py,
 # marseval.retrieval.mllm.load); another embedder is refused when the config is checked
-ADAPTED = (("llava_next", None), ("qwen2_vl", "gme"), ("bge_vl", None))
+ADAPTED = (("llava_next", None), ("qwen2_vl", "gme"), ("bge_vl", None), ("vlm2vec", None),
+           ("ops_mm", None), ("qwen3_vl", None), ("jina_v4", None))
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
