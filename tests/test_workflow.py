@@ -82,7 +82,7 @@ PAIRS = CLASSIFICATION_PAIRS + DENSE_PAIRS
 # The paper trains in the reference protocol (bench.protocol: marsbench): its frozen backbones
 # run in train mode on augmented images, so no feature cache is planned.
 CTX_GROUPS = 3600 // 40  # the CTX V01 tiles within 80 degrees, 40 a group
-RETRIEVAL_MODELS = 11  # the paper's open_clip, AIMv2, DINOv3 rows, MarScope, E5-V, GME, BGE-VL
+RETRIEVAL_MODELS = 16  # the paper's 16 rows: open_clip, AIMv2, DINOv3, MarScope, 8 multimodal LLMs
 PAPER_JOBS = {"download": 23, "standardize": 23, "data_summary": 1,
               "tune": PAIRS * 8, "select": PAIRS,
               "train": CLASSIFICATION_PAIRS * 7 * 14 + DENSE_PAIRS * 7 * 8, "collect": 3,
