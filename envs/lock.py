@@ -81,6 +81,7 @@ DIRECT: dict[str, tuple[str, ...]] = {
         "torch",
         "torchvision",
         "timm",
+        "torchgeo",
         "segmentation-models-pytorch",
         "monai",
         "ultralytics",

@@ -22,6 +22,7 @@ import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -155,7 +156,17 @@ class _MainOutput(nn.Module):
 
 
 def known_models() -> list[str]:
-    return sorted(TORCHVISION_MODELS)
+    from marseval.bench.classification.eo_backbones import known_eo_models
+
+    return sorted(TORCHVISION_MODELS) + known_eo_models()
+
+
+def split_checkpoint_name(name: str) -> tuple[str, str | None]:
+    """`timm:<arch>[@<checkpoint file>]` -> (arch, file or None); hub names
+    (`timm:hf-hub:org/repo@revision`) keep their `@`."""
+    from marseval.registry.model_names import split_timm_checkpoint
+
+    return split_timm_checkpoint(name)
 
 
 def build_backbone(name: str, pretrained: bool, init_seed: int | None = 0, *,
@@ -174,13 +185,21 @@ def build_backbone(name: str, pretrained: bool, init_seed: int | None = 0, *,
         raise MarsevalError(f"backbone {name!r}: inputs must be one of {INPUTS} and heads one "
                             f"of {HEAD_STYLES}, got {inputs!r} and {heads!r}")
     if name.startswith("timm:"):
-        builder: Callable[[], Backbone] = partial(_build_timm, name[len("timm:") :], pretrained)
+        arch, path = split_checkpoint_name(name)
+        builder: Callable[[], Backbone] = (
+            partial(_build_timm_from_file, arch, path, pretrained) if path is not None
+            else partial(_build_timm, arch, pretrained))
+    elif name.startswith("eo:"):
+        from marseval.bench.classification.eo_backbones import build_eo
+
+        builder = partial(build_eo, name[len("eo:"):], pretrained)
     elif name in TORCHVISION_MODELS:
         builder = partial(_build_torchvision, name, pretrained, feature_map=heads == "marsbench")
     else:
         raise MarsevalError(
             f"unknown model {name!r}: known models are {', '.join(known_models())}; "
-            "`timm:<name>` works for any timm model (e.g. timm:resnet50)"
+            "`timm:<name>` works for any timm model (e.g. timm:resnet50), "
+            "`timm:<name>@<checkpoint file>` for one with local weights"
         )
     if pretrained or init_seed is None:
         backbone = builder()
@@ -303,6 +322,27 @@ def _build_timm(model_name: str, pretrained: bool) -> Backbone:
         std=tuple(float(v) for v in config["std"]),
         display_name=model_name,
     )
+
+
+def _build_timm_from_file(arch: str, path: str, pretrained: bool) -> Backbone:
+    """timm architecture `arch` with the weights of a local checkpoint (safetensors or a
+    weights-only torch file; wrappers and `module.`/`model.` prefixes removed). The classifier
+    head's keys may be present or not (the backbone has num_classes=0); any other mismatch
+    is an error naming the file and the keys. `pretrained=False`: the architecture with
+    random weights, the file unread (as every model without pretrained weights)."""
+    from marseval.bench.checkpoints import load_strict, read_checkpoint, unwrap_state_dict
+
+    file = Path(path).expanduser()
+    if pretrained and not file.is_file():
+        raise MarsevalError(f"checkpoint file {file} of timm:{arch}@{path} does not exist")
+    backbone = _build_timm(arch, pretrained=False)
+    net = backbone.module.net
+    if pretrained:
+        state = unwrap_state_dict(read_checkpoint(file), str(file))
+        head = net.pretrained_cfg.get("classifier") if hasattr(net, "pretrained_cfg") else None
+        heads = head if isinstance(head, (list, tuple)) else [head] if head else []
+        load_strict(net, state, str(file), ignore_prefixes=[f"{h}." for h in heads])
+    return replace(backbone, display_name=f"{arch}@{file.name}")
 
 
 # --------------------------------------------------------------------------- classifier
