@@ -11,7 +11,7 @@ from pathlib import Path
 from marseval.errors import MarsevalError
 from marseval.gpu import GPU_COMMANDS, claim_gpu
 from marseval.registry import RegistryError
-from marseval.report.options import CURVE_NORMALIZERS, FIGURE_STYLES
+from marseval.report.options import CURVE_NORMALIZERS, DEFAULT_REFERENCE, FIGURE_STYLES
 
 
 def _floats(text: str) -> list[float]:
@@ -84,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--figure-style", choices=FIGURE_STYLES, default=FIGURE_STYLES[0])
     rp.add_argument("--curve-normalizer", choices=CURVE_NORMALIZERS, default=CURVE_NORMALIZERS[0],
                     help="normalise curves with the main runs' min/max or refit on their table")
+    rp.add_argument("--leaderboard", action="store_true",
+                    help="rank these runs among the published runs of the task under the "
+                         "paper's fixed normaliser (<reference>/<task>_normalizer.json)")
+    rp.add_argument("--reference", type=Path, default=Path(DEFAULT_REFERENCE), metavar="DIR",
+                    help="folder of the published runs and normalisers (--leaderboard; "
+                         f"default {DEFAULT_REFERENCE}, the config's report.reference)")
 
     _retrieval_commands(commands)
 
@@ -416,6 +422,22 @@ def run_bench(args: argparse.Namespace) -> None:
 BENCH_COMMANDS = {"features", "tune", "select", "train", "collect"}
 
 
+def report_leaderboard(args: argparse.Namespace, options) -> None:
+    """`report --leaderboard`: our runs among the published ones (marseval.report.leaderboard)."""
+    from marseval.report.leaderboard import run_leaderboard
+
+    if args.normalizer is not None:
+        raise MarsevalError(f"--normalizer and --leaderboard exclude each other: the leaderboard "
+                            f"normalises with the paper's {args.reference}/"
+                            f"{args.task}_normalizer.json")
+    summary = run_leaderboard(args.runs, args.task, args.out, args.reference, reps=args.reps,
+                              ci=args.ci, seed=args.seed, earth_path=args.earth, options=options)
+    ranks = ", ".join(f"{model} #{rank}" for model, rank in summary["ranks"].items())
+    print(f"{args.task} leaderboard in {args.out}: {ranks} of {len(summary['models'])} models "
+          f"on {len(summary['datasets'])} datasets; left out: "
+          f"{'; '.join(summary['left_out']) or 'none'}")
+
+
 def run(args: argparse.Namespace) -> None:
     if args.command in BENCH_COMMANDS:
         run_bench(args)
@@ -429,6 +451,9 @@ def run(args: argparse.Namespace) -> None:
 
         options = ReportOptions(tuple(args.exclude_dataset), args.legacy_nan_trim,
                                 args.figure_style, args.curve_normalizer)
+        if args.leaderboard:
+            report_leaderboard(args, options)
+            return
         summary = run_report(args.runs, args.task, args.out, reps=args.reps, ci=args.ci,
                              seed=args.seed, normalizer_path=args.normalizer,
                              earth_path=args.earth, options=options)

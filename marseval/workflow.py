@@ -12,6 +12,12 @@ import sys
 from typing import Any
 
 from marseval.registry import RegistryError, get_dataset, load_registry
+from marseval.report.options import (
+    LEADERBOARD_KEY,
+    PUBLISHED_EARTH,
+    PUBLISHED_RUNS,
+    published_normalizer,
+)
 from marseval.retrieval.ctx.plan import embed_shard_count, group_ids, synthetic_ctx_options
 
 SOURCES = ("synthetic", "huggingface", "zenodo")
@@ -93,6 +99,14 @@ def _check_models(config: dict[str, Any]) -> None:
     problems = check_embedders(config["retrieval"]["models"], config["retrieval"]["remote_code"])
     if problems:
         raise ConfigError("config key retrieval.models: " + "; ".join(problems))
+    for model, scope in config["bench"].get("model_scope", {}).items():
+        task = next((t for t in BENCH_TASKS if model in config["bench"]["models"][t]), None)
+        if task is None:
+            raise ConfigError(f"config key bench.model_scope: {model!r} is not in bench.models")
+        stray = [d for d in scope["datasets"] if d not in datasets(config, task)]
+        if stray:
+            raise ConfigError(f"config key bench.model_scope.{model}: {', '.join(stray)} not "
+                              f"among the configured {task} datasets")
 
 
 def _check_datasets(config: dict[str, Any]) -> None:
@@ -243,13 +257,27 @@ def bench_targets(config: dict[str, Any]) -> list[str]:
     return [f"{config['results']}/tables/{task}_runs.csv" for task in bench_tasks(config)]
 
 
+def model_partitions(config: dict[str, Any], task: str, model: str,
+                     dataset: str) -> list[str]:
+    """The final-run partitions of one (dataset, model): `partitions`, or for a model of
+    `bench.model_scope` none outside its datasets and few-shot ones only where it asks."""
+    scope = config["bench"].get("model_scope", {}).get(model)
+    if scope is None:
+        return partitions(config, task)
+    if dataset not in scope["datasets"]:
+        return []
+    return [p for p in partitions(config, task)
+            if scope.get("fewshot", False) or not p.startswith("fewshot_")]
+
+
 def run_records(config: dict[str, Any], task: str) -> list[str]:
-    """Every final-run record of a task: dataset x model x partition x seed."""
+    """Every final-run record of a task: dataset x model x partition x seed (a model of
+    `bench.model_scope` on its datasets only)."""
     return [
         f"{config['results']}/runs/{dataset}/{slug}/{partition}/seed{seed}.json"
         for dataset in datasets(config, task)
-        for slug in bench_models(config, task)
-        for partition in partitions(config, task)
+        for slug, model in bench_models(config, task).items()
+        for partition in model_partitions(config, task, model, dataset)
         for seed in config["bench"]["seeds"]
     ]
 
@@ -279,12 +307,8 @@ def setup_flags(config: dict[str, Any], task: str) -> str:
 
 
 # The tasks with published per-seed runs, and their files under report.reference.
-PAPER_RUNS = {
-    "classification": ("classification_filtered.csv", "classification_partition_filtered.csv",
-                       "classification_few_shot_filtered.csv"),
-    "segmentation": ("segmentation_filtered.csv", "segmentation_partition_filtered.csv"),
-}
-PAPER_EARTH = "earth_data.csv"  # the Earth-observation comparison (classification)
+PAPER_RUNS = PUBLISHED_RUNS
+PAPER_EARTH = PUBLISHED_EARTH  # the Earth-observation comparison (classification)
 
 
 REPORT_CATEGORIES = {"report": "Mars-Bench results",
@@ -318,6 +342,32 @@ def report_runs(config: dict[str, Any], kind: str, task: str) -> list[str]:
     return [f"{config['report']['reference']}/{name}" for name in PAPER_RUNS[task]]
 
 
+def leaderboard(config: dict[str, Any], kind: str, task: str) -> bool:
+    """Whether the report of our runs of `task` is a leaderboard (report.leaderboard): our runs
+    beside the published ones under the paper's normaliser. Only tasks the paper published runs
+    of (not detection, whose report stays a normal one)."""
+    options = config["report"]
+    if not options.get("leaderboard", False) or kind != "report":
+        return False
+    if options["normalizer"]:
+        raise ConfigError(f"config keys {LEADERBOARD_KEY} and report.normalizer exclude each "
+                          f"other: the leaderboard normalises with the paper's "
+                          f"{options['reference']}/<task>_normalizer.json; set "
+                          f"report.normalizer: null")
+    return task in PAPER_RUNS
+
+
+def report_published(config: dict[str, Any], kind: str, task: str) -> list[str]:
+    """Published files a leaderboard report reads (inputs, so that it reruns when they change):
+    the task's runs tables, its normaliser, the Earth-observation runs; none otherwise."""
+    if not leaderboard(config, kind, task):
+        return []
+    names = [*PAPER_RUNS[task], published_normalizer(task)]
+    if task == "classification":
+        names.append(PAPER_EARTH)
+    return [f"{config['report']['reference']}/{name}" for name in names]
+
+
 def report_flags(config: dict[str, Any], kind: str, task: str) -> str:
     options = config["report"]
     flags = [f"--reps {options['reps']}", f"--ci {options['ci']}", f"--seed {options['seed']}"]
@@ -325,6 +375,8 @@ def report_flags(config: dict[str, Any], kind: str, task: str) -> str:
         flags.append(f"--normalizer {options['normalizer']}")
     if kind == "paper_figures" and task == "classification":
         flags.append(f"--earth {options['reference']}/{PAPER_EARTH}")
+    if leaderboard(config, kind, task):
+        flags += ["--leaderboard", f"--reference {options['reference']}"]
     return " ".join(flags)
 
 

@@ -78,14 +78,17 @@ def validated_file(path: Path) -> dict:
 # queries for landform and geo-localization; one summary per task.
 # Then the config copy and the job usage table for the report, and `all`.
 CLASSIFICATION_PAIRS, DENSE_PAIRS = 9 * 5, 8 * 4 + 3 * 5
-PAIRS = CLASSIFICATION_PAIRS + DENSE_PAIRS
+# Figure 4: SatMAE, CROMA, Prithvi on 4 datasets (bench.model_scope), full set + 7 fractions
+EO_PAIRS = 3 * 4
+PAIRS = CLASSIFICATION_PAIRS + EO_PAIRS + DENSE_PAIRS
 # The paper trains in the reference protocol (bench.protocol: marsbench): its frozen backbones
 # run in train mode on augmented images, so no feature cache is planned.
 CTX_GROUPS = 3600 // 40  # the CTX V01 tiles within 80 degrees, 40 a group
 RETRIEVAL_MODELS = 16  # the paper's 16 rows: open_clip, AIMv2, DINOv3, MarScope, 8 multimodal LLMs
 PAPER_JOBS = {"download": 23, "standardize": 23, "data_summary": 1,
               "tune": PAIRS * 8, "select": PAIRS,
-              "train": CLASSIFICATION_PAIRS * 7 * 14 + DENSE_PAIRS * 7 * 8, "collect": 3,
+              "train": CLASSIFICATION_PAIRS * 7 * 14 + EO_PAIRS * 7 * 8 + DENSE_PAIRS * 7 * 8,
+              "collect": 3,
               "report": 3, "ctx_download": CTX_GROUPS, "ctx_cells": CTX_GROUPS,
               "embed": RETRIEVAL_MODELS * (8 + 8 + CTX_GROUPS), "index": RETRIEVAL_MODELS * 3,
               "queries": RETRIEVAL_MODELS * 2, "evaluate": RETRIEVAL_MODELS * 3,

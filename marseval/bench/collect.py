@@ -1,7 +1,8 @@
 """All run records of a task in one table, in the Mars-Bench schema.
 
 `model,dataset,test metric,training_type,seed,partition name` come first, as in the published
-per-seed results, so theirs and ours go through the same reporting code; extra columns follow.
+per-seed results, so theirs and ours go through the same reporting code; extra columns follow,
+`data_source` among them (the dataset's source: a leaderboard report refuses synthetic runs).
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ def _row(record: dict) -> dict:
         "few_shot": few_shot,
         "metric": test["metric"],
         "model_id": record["model"],
+        # the standardized dataset's source; empty for records written before it was kept
+        "data_source": record.get("data_source") or "",
         **{name: test.get(name) for name in EXTRA_METRICS.get(record["task"], ())},
         "n_train": record["n_train"],
         "best_epoch": record["best_epoch"],

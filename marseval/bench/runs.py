@@ -79,6 +79,9 @@ def train_runs(setup: Setup, best: Path, partition: str, seeds: list[int],
             "model": setup.model,
             "model_display": experiment.display_name,
             "task": experiment.meta["task"],
+            # where the data came from (synthetic, huggingface, zenodo): leaderboard reports
+            # refuse synthetic runs
+            "data_source": experiment.meta.get("source"),
             "subtask": experiment.subtask,
             "partition": partition,
             "subset": subset,

@@ -5,14 +5,16 @@ backend is picked up on a workstation and no global figure registry can leak mem
 Snakemake job. Each `<name>_figure` function builds a figure; `<name>` also saves it as PDF and
 PNG. Pass one `order` and one `colours` (from `model_colours`) to every call of a report so that
 a model keeps its place and colour in all figures; by default models are coloured in sorted-name
-order, which already agrees between figures that show the same models.
+order, which already agrees between figures that show the same models. `ours` (leaderboard
+reports) names models drawn in a distinct style beside the others: hatched, outlined violins,
+dashed lines with square markers, bold legend labels; by default no model is.
 """
 
 from __future__ import annotations
 
 import io
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +39,8 @@ PANEL = (3.0, 2.6)  # inches per panel of a grid
 SINGLE = (5.0, 3.6)  # inches of a one-panel figure
 AGGREGATED = "aggregated"
 MAIN = "default"  # Mars-Bench's partition name of the full training set (fraction 1.0)
+OURS_HATCH = "////"  # violins of `ours` models
+OURS_LINE = {"linestyle": "--", "marker": "s", "linewidth": 2.0}  # lines of `ours` models
 # No creation date in the PDF: identical inputs give identical bytes.
 _METADATA: dict[str, dict[str, str | None]] = {"pdf": {"CreationDate": None}, "png": {}}
 
@@ -113,7 +117,8 @@ def _close(fig: Figure) -> None:
 
 def normalized_violins_figure(runs: pd.DataFrame, aggregate: pd.DataFrame | None,
                               metric_label: str, *, order: Sequence[str] | None = None,
-                              colours: Mapping[str, Colour] | None = None) -> Figure:
+                              colours: Mapping[str, Colour] | None = None,
+                              ours: Collection[str] = ()) -> Figure:
     """Mars-Bench Figure 2: per dataset, a violin of each model's normalised scores with its
     seeds as points; last, an "aggregated" panel pooling all datasets, with each model's IQM and
     interval (`aggregate`'s iqm, ci_low, ci_high) marked. Rows without a normalised score (a
@@ -132,15 +137,15 @@ def normalized_violins_figure(runs: pd.DataFrame, aggregate: pd.DataFrame | None
     datasets = sorted(data["dataset"].unique())
     fig, axes = _panel_grid(len(datasets) + 1, sharey=True)
     for ax, dataset in zip(axes, datasets, strict=False):
-        _violins(ax, data[data["dataset"] == dataset], "normalized", order, colours)
+        _violins(ax, data[data["dataset"] == dataset], "normalized", order, colours, ours=ours)
         ax.set_title(_title(dataset))
-    _violins(axes[-1], data, "normalized", order, colours, strip=False)
+    _violins(axes[-1], data, "normalized", order, colours, strip=False, ours=ours)
     axes[-1].set_title(AGGREGATED, fontweight="bold")
     marks: list[ErrorbarContainer] = []
     if aggregate is not None and not aggregate.empty:
         marks.append(_mark_iqm(axes[-1], aggregate, order))
     fig.supylabel(metric_label)
-    _legend(fig, order, colours, extra=marks)
+    _legend(fig, order, colours, extra=marks, ours=ours)
     return fig
 
 
@@ -175,7 +180,8 @@ def _mark_iqm(ax: Axes, aggregate: pd.DataFrame, order: list[str]) -> ErrorbarCo
 
 def raw_violins_figure(runs: pd.DataFrame, metric_label: str, *,
                        order: Sequence[str] | None = None,
-                       colours: Mapping[str, Colour] | None = None) -> Figure:
+                       colours: Mapping[str, Colour] | None = None,
+                       ours: Collection[str] = ()) -> Figure:
     """Mars-Bench Figures 5-7: per dataset, a violin of each model's raw test metric (`score`)
     with the seeds overlaid as points; each panel has its own y range."""
     _require(runs, ("model", "dataset", "score"), "runs")
@@ -187,10 +193,10 @@ def raw_violins_figure(runs: pd.DataFrame, metric_label: str, *,
     datasets = sorted(data["dataset"].unique())
     fig, axes = _panel_grid(len(datasets), sharey=False)
     for ax, dataset in zip(axes, datasets, strict=True):
-        _violins(ax, data[data["dataset"] == dataset], "score", order, colours)
+        _violins(ax, data[data["dataset"] == dataset], "score", order, colours, ours=ours)
         ax.set_title(_title(dataset))
     fig.supylabel(metric_label)
-    _legend(fig, order, colours)
+    _legend(fig, order, colours, ours=ours)
     return fig
 
 
@@ -202,18 +208,35 @@ def raw_violins(runs: pd.DataFrame, stem: Path, metric_label: str, *,
 
 
 def _violins(ax: Axes, data: pd.DataFrame, value: str, order: list[str],
-             colours: Mapping[str, Colour], strip: bool = True) -> None:
+             colours: Mapping[str, Colour], strip: bool = True,
+             ours: Collection[str] = ()) -> None:
     """Violins (cut at the data, equal widths) at fixed positions: a model missing from this
     panel leaves its slot empty, so positions agree across panels."""
     sns.violinplot(data=data, x="model", y=value, hue="model", order=order, hue_order=order,
                    palette=dict(colours), inner=None, cut=0, density_norm="width",
                    linewidth=0.8, legend=False, ax=ax)
+    if ours:
+        _mark_our_violins(ax, order, ours)
     if strip:
         _strip(ax, data, value, order)
     ax.set(xlabel="", ylabel="")
     # the shared legend names the models, in this left-to-right order
     ax.tick_params(axis="x", labelbottom=False, length=0)
     ax.grid(axis="y", alpha=0.3)
+
+
+def _mark_our_violins(ax: Axes, order: list[str], ours: Collection[str]) -> None:
+    """Hatch and outline in black the violins of `ours`; a violin is found by its position
+    (model i of `order` stands at x = i), not by the order seaborn drew them in."""
+    for collection in ax.collections:
+        paths = collection.get_paths()
+        if not paths:
+            continue
+        centre = int(round(float(np.mean([path.vertices[:, 0].mean() for path in paths]))))
+        if 0 <= centre < len(order) and order[centre] in ours:
+            collection.set_hatch(OURS_HATCH)
+            collection.set_edgecolor("black")
+            collection.set_linewidth(1.4)
 
 
 def _strip(ax: Axes, data: pd.DataFrame, value: str, order: list[str]) -> None:
@@ -234,13 +257,13 @@ def _strip(ax: Axes, data: pd.DataFrame, value: str, order: list[str]) -> None:
 def curves_figure(curve_frame: pd.DataFrame, x: str, xlabel: str, ylabel: str,
                   log_x: bool = False, *, order: Sequence[str] | None = None,
                   colours: Mapping[str, Colour] | None = None,
-                  layout: Layout = Layout()) -> Figure:
+                  layout: Layout = Layout(), ours: Collection[str] = ()) -> Figure:
     """Training-size (Figure 3, `log_x` for fractions 0.01..1) or few-shot curves: a line per
     model through its IQM at each `x`, with the bootstrap interval (ci_low..ci_high) shaded.
     One panel, or one per dataset when the frame has a `dataset` column. An `x` of "default"
     counts as the full training set, 1.0."""
     return _curves(curve_frame, x, xlabel, ylabel, log_x, order, colours, layout,
-                   what="curve frame", columns=("iqm", "ci_low", "ci_high"))
+                   what="curve frame", columns=("iqm", "ci_low", "ci_high"), ours=ours)
 
 
 def curves(curve_frame: pd.DataFrame, x: str, stem: Path, xlabel: str, ylabel: str,
@@ -254,7 +277,7 @@ def curves(curve_frame: pd.DataFrame, x: str, stem: Path, xlabel: str, ylabel: s
 def spread_figure(spread: pd.DataFrame, x: str, xlabel: str, ylabel: str, log_x: bool = True,
                   *, order: Sequence[str] | None = None,
                   colours: Mapping[str, Colour] | None = None,
-                  layout: Layout = Layout()) -> Figure:
+                  layout: Layout = Layout(), ours: Collection[str] = ()) -> Figure:
     """Per dataset (a panel each), each model's mean at each `x` with a band of +-1 standard
     deviation, from `stats.spread`'s frame (`dataset, model, <x>, mean, std`); a single run
     (std NaN) has no band. Mars-Bench's Figure 4 and its per-dataset partition and few-shot
@@ -263,12 +286,13 @@ def spread_figure(spread: pd.DataFrame, x: str, xlabel: str, ylabel: str, log_x:
     std = spread["std"].fillna(0.0)
     band = spread.assign(low=spread["mean"] - std, high=spread["mean"] + std)
     return _curves(band, x, xlabel, ylabel, log_x, order, colours, layout,
-                   what="spread frame", columns=("mean", "low", "high"))
+                   what="spread frame", columns=("mean", "low", "high"), ours=ours)
 
 
 def earth_comparison_figure(runs: pd.DataFrame, metric_label: str = "test metric", *,
                             order: Sequence[str] | None = None,
-                            colours: Mapping[str, Colour] | None = None) -> Figure:
+                            colours: Mapping[str, Colour] | None = None,
+                            ours: Collection[str] = ()) -> Figure:
     """Mars-Bench Figure 4 (Earth-observation models vs ViT-L/16) on the raw metric: per
     dataset, each model's mean score over its runs at each training fraction (log x), with a
     band of +-1 standard deviation (ddof 1) over those runs; a single run has no band. The
@@ -284,7 +308,8 @@ def earth_comparison_figure(runs: pd.DataFrame, metric_label: str = "test metric
         raise MarsevalError("Earth-model runs lack the column fraction (or partition)")
     return spread_figure(stats.spread(runs.assign(fraction=fraction), "fraction", "score"),
                          "fraction", "fraction of the training set",
-                         f"{metric_label} (mean ± 1 std)", True, order=order, colours=colours)
+                         f"{metric_label} (mean ± 1 std)", True, order=order, colours=colours,
+                         ours=ours)
 
 
 def earth_comparison(runs: pd.DataFrame, stem: Path, metric_label: str = "test metric", *,
@@ -297,7 +322,7 @@ def earth_comparison(runs: pd.DataFrame, stem: Path, metric_label: str = "test m
 
 def _curves(frame: pd.DataFrame, x: str, xlabel: str, ylabel: str, log_x: bool,
             order: Sequence[str] | None, colours: Mapping[str, Colour] | None, layout: Layout,
-            *, what: str, columns: tuple[str, str, str]) -> Figure:
+            *, what: str, columns: tuple[str, str, str], ours: Collection[str] = ()) -> Figure:
     """Lines through `columns[0]` with `columns[1]..columns[2]` shaded, per model and panel."""
     _require(frame, ("model", x, *columns), what)
     frame = frame.assign(**{x: _numeric(frame[x], x)}).dropna(subset=[columns[0]])
@@ -311,22 +336,28 @@ def _curves(frame: pd.DataFrame, x: str, xlabel: str, ylabel: str, log_x: bool,
     for ax, panel in zip(axes, panels, strict=True):
         sub = frame if panel is None else frame[frame["dataset"] == panel]
         for model in order:
-            _line(ax, sub[sub["model"] == model].sort_values(x), x, columns, colours[model])
+            _line(ax, sub[sub["model"] == model].sort_values(x), x, columns, colours[model],
+                  mine=model in ours)
         _x_ticks(ax, sorted(sub[x].unique()), log_x, layout.percent)
         ax.grid(alpha=0.3)
         if panel is not None:
             ax.set_title(_title(panel))
     fig.supxlabel(xlabel)
     fig.supylabel(ylabel)
-    _legend(fig, order, colours, lines=True)
+    _legend(fig, order, colours, lines=True, ours=ours)
     return fig
 
 
 def _line(ax: Axes, line: pd.DataFrame, x: str, columns: tuple[str, str, str],
-          colour: Colour) -> None:
+          colour: Colour, mine: bool = False) -> None:
     if line.empty:
         return
     centre, low, high = columns
+    if mine:  # in front of the others, dashed, square markers, its band hatched
+        ax.plot(line[x], line[centre], markersize=4.5, color=colour, zorder=4, **OURS_LINE)
+        ax.fill_between(line[x], line[low], line[high], facecolor=colour, alpha=0.2,
+                        edgecolor=colour, hatch=OURS_HATCH, linewidth=0, zorder=3)
+        return
     ax.plot(line[x], line[centre], marker="o", markersize=3.5, linewidth=1.5, color=colour)
     ax.fill_between(line[x], line[low], line[high], color=colour, alpha=0.2, linewidth=0)
 
@@ -411,18 +442,27 @@ def _panel_grid(n: int, sharey: bool, legend_width: float = 0.0,
 
 
 def _legend(fig: Figure, order: list[str], colours: Mapping[str, Colour],
-            lines: bool = False, extra: Sequence[ErrorbarContainer] = ()) -> None:
+            lines: bool = False, extra: Sequence[ErrorbarContainer] = (),
+            ours: Collection[str] = ()) -> None:
     """One legend for all panels, in plotting order: lines at the right, violin colours below
-    (left to right as the violins stand)."""
+    (left to right as the violins stand); `ours` in their own style, labels in bold."""
     if lines:
-        handles = [Line2D([], [], color=colours[m], marker="o", markersize=4, label=m)
+        handles = [Line2D([], [], color=colours[m], markersize=4, label=m, **OURS_LINE)
+                   if m in ours else
+                   Line2D([], [], color=colours[m], marker="o", markersize=4, label=m)
                    for m in order]
-        fig.legend(handles=handles, loc="outside right upper", frameon=False, fontsize=9)
-        return
-    handles = [Patch(facecolor=colours[m], edgecolor="0.25", label=m) for m in order]
-    handles += extra
-    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6),
-               frameon=False, fontsize=9)
+        legend = fig.legend(handles=handles, loc="outside right upper", frameon=False,
+                            fontsize=9)
+    else:
+        handles = [Patch(facecolor=colours[m], edgecolor="black", hatch=OURS_HATCH, label=m)
+                   if m in ours else Patch(facecolor=colours[m], edgecolor="0.25", label=m)
+                   for m in order]
+        handles += extra
+        legend = fig.legend(handles=handles, loc="outside lower center",
+                            ncols=min(len(handles), 6), frameon=False, fontsize=9)
+    for text in legend.get_texts():
+        if text.get_text() in ours:
+            text.set_fontweight("bold")
 
 
 def _legend_width(order: list[str]) -> float:

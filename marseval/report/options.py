@@ -24,6 +24,30 @@ if TYPE_CHECKING:  # pandas is not imported to parse the CLI's flags
 FIGURE_STYLES = ("default", "paper")
 CURVE_NORMALIZERS = ("main", "refit")
 EXCLUDE_KEY = "report.exclude_datasets"
+LEADERBOARD_KEY = "report.leaderboard"
+DEFAULT_REFERENCE = "resources/reference/marsbench-paper-runs"
+# The tasks with published per-seed runs and their files in the reference folder (report.reference):
+# the main runs first, then the training-size and few-shot sweeps. The paper published no
+# detection runs. Each task's fixed normaliser is `<task>_normalizer.json` beside them.
+PUBLISHED_RUNS = {
+    "classification": ("classification_filtered.csv", "classification_partition_filtered.csv",
+                       "classification_few_shot_filtered.csv"),
+    "segmentation": ("segmentation_filtered.csv", "segmentation_partition_filtered.csv"),
+}
+PUBLISHED_EARTH = "earth_data.csv"  # the Earth-observation comparison (classification)
+# Figure 4: the Earth-observation models against ViT-L/16, on these datasets, as display names
+EARTH_MODELS = ("SatMAE_ViT-L/16", "CROMA_ViT-L/16", "prithvi_eo_v1_100", "ViT-L/16")
+EARTH_BASELINE = "ViT-L/16"
+# the models that belong to Figure 4 only: the paper kept them out of its main statistics
+# (earth_data.csv is a table of its own), so a report does too, or their four datasets'
+# normalisers and the aggregate would change with them
+EARTH_ONLY_MODELS = tuple(m for m in EARTH_MODELS if m != EARTH_BASELINE)
+EARTH_DATASETS = ("mb-surface_cls", "mb-atmospheric_dust_cls_edr", "mb-domars16k", "mb-frost_cls")
+
+
+def published_normalizer(task: str) -> str:
+    """File name of a task's published normaliser in the reference folder."""
+    return f"{task}_normalizer.json"
 
 
 def known_datasets() -> list[str]:

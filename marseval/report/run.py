@@ -21,7 +21,14 @@ from matplotlib.figure import Figure
 from marseval.atomic import atomic_directory, atomic_write_json, atomic_write_text
 from marseval.errors import MarsevalError
 from marseval.report import figures, paper_style, stats, tables
-from marseval.report.options import EXCLUDE_KEY, ReportOptions
+from marseval.report.options import (
+    EARTH_BASELINE,
+    EARTH_DATASETS,
+    EARTH_MODELS,
+    EARTH_ONLY_MODELS,
+    EXCLUDE_KEY,
+    ReportOptions,
+)
 
 METRIC_LABELS = {"classification": "F1", "segmentation": "IoU", "detection": "mAP@[.5:.95]"}
 MAIN = "default"
@@ -52,6 +59,22 @@ def training_size_runs(runs: pd.DataFrame) -> pd.DataFrame:
     sweep = sweep.copy()
     sweep["fraction"] = [1.0 if p == MAIN else float(p) for p in sweep["partition"]]
     return sweep
+
+
+def our_earth_runs(runs: pd.DataFrame, need_earth_model: bool = True) -> pd.DataFrame | None:
+    """Figure 4 from a runs table: the training-size runs (with `fraction`) of the
+    Earth-observation models and ViT-L/16 on the paper's four datasets, or None where there are
+    none; with `need_earth_model`, also None where only the ViT-L/16 baseline is there."""
+    sweep = training_size_runs(runs)
+    earth = sweep[sweep["model"].isin(EARTH_MODELS) & sweep["dataset"].isin(EARTH_DATASETS)]
+    models = set(earth["model"]) - ({EARTH_BASELINE} if need_earth_model else set())
+    return earth.reset_index(drop=True) if models else None
+
+
+def without_earth_only_models(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs of the main statistics: all but the Earth-observation backbones', which only
+    Figure 4 shows (from `our_earth_runs`), as the paper's earth_data.csv kept them apart."""
+    return runs[~runs["model"].isin(EARTH_ONLY_MODELS)].reset_index(drop=True)
 
 
 @dataclass
@@ -105,7 +128,8 @@ def run_report(runs_paths: list[Path], task: str, out: Path, reps: int = 1000, c
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     label = METRIC_LABELS.get(task, "score")
-    runs, excluded = options.exclude(load(runs_paths))
+    every_run, excluded = options.exclude(load(runs_paths))
+    runs = without_earth_only_models(every_run)
     main = runs[runs["partition"] == MAIN]
     if main.empty:
         raise MarsevalError(f"{', '.join(map(str, runs_paths))}: no main runs (partition "
@@ -141,6 +165,8 @@ def run_report(runs_paths: list[Path], task: str, out: Path, reps: int = 1000, c
         earth, _ = options.exclude(stats.read_runs(earth_path, drop_missing=True))
         earth = earth.assign(fraction=[1.0 if p == MAIN else float(p)
                                        for p in earth["partition"]])
+    else:  # the Earth-observation backbones run through this workflow
+        earth = our_earth_runs(every_run)
     curves = (make_curves(runs, earth, normalizer, options, reps, ci, seed) if comparable
               else Curves())
     # one colour per model across every figure, Earth-observation models included
@@ -180,6 +206,7 @@ def run_report(runs_paths: list[Path], task: str, out: Path, reps: int = 1000, c
 
     summary = {"task": task, "runs": [str(p) for p in runs_paths], "n_runs": len(runs),
                "n_main_runs": len(main), "models": sorted(main["model"].unique()),
+               "earth_observation_only": sorted(set(every_run["model"]) & set(EARTH_ONLY_MODELS)),
                "datasets": sorted(main["dataset"].unique()), "dropped_datasets": dropped,
                "excluded_datasets": excluded, "reps": reps, "ci": ci, "seed": seed,
                "normalizer": str(normalizer_path) if normalizer_path else "fitted",

@@ -3,6 +3,7 @@
 # {kind} is "report" for this workflow's runs tables and "paper_figures" for the published
 # per-seed runs under report.reference, which redraws the paper without training anything.
 from marseval.report.options import option_flags
+from marseval.workflow import report_published
 
 # report.* options of the paper's reporting; a bad one stops the workflow here, naming its key
 REPORT_OPTION_FLAGS = option_flags(config)
@@ -12,6 +13,10 @@ rule report:
     """Normalise a runs table, aggregate with IQM and bootstrap intervals, draw the figures."""
     input:
         runs=lambda wildcards: report_runs(config, wildcards.kind, wildcards.task),
+        # report.leaderboard: the published runs and normaliser our runs are ranked among
+        published=lambda wildcards: report_published(
+            config, wildcards.kind, wildcards.task
+        ),
     output:
         per_dataset=report(
             f"{RESULTS}/{{kind}}/{{task}}/per_dataset.csv",
