@@ -22,7 +22,7 @@ from marseval.workflow import (
     bench_models,
     bench_tasks,
     datasets,
-    partitions,
+    model_partitions,
     retrieval_datasets,
     retrieval_models,
     uses_feature_cache,
@@ -73,10 +73,17 @@ class JobPlanner:
                    self.sizer.gpus(stage), self.sizer.threads(stage), **extra)
 
     def pairs(self) -> list[tuple[str, str, str]]:
-        """(task, dataset, model slug) of every Mars-Bench pair, in config order."""
+        """(task, dataset, model slug) of every Mars-Bench pair, in config order; a model of
+        `bench.model_scope` on its datasets only."""
         return [(task, dataset, slug) for task in bench_tasks(self.config)
                 for dataset in datasets(self.config, task)
-                for slug in bench_models(self.config, task)]
+                for slug, model in bench_models(self.config, task).items()
+                if model_partitions(self.config, task, model, dataset)]
+
+    def partitions(self, task: str, dataset: str, slug: str) -> list[str]:
+        """The final-run partitions of one pair (`bench.model_scope` may leave some out)."""
+        model = bench_models(self.config, task)[slug]
+        return model_partitions(self.config, task, model, dataset)
 
     def shared_part(self, task: str) -> str:
         """What a shared pass of the task's trials shares (marseval.planning.groups)."""
@@ -140,7 +147,7 @@ class JobPlanner:
         seed_jobs = [None] if bench["batch_seeds"] else bench["seeds"]
         jobs = []
         for task, dataset, slug in self.pairs():
-            for partition in partitions(self.config, task):
+            for partition in self.partitions(task, dataset, slug):
                 for seed in seed_jobs:
                     wildcards = {"dataset": dataset, "model": slug, "partition": partition}
                     if seed is not None:
