@@ -43,6 +43,21 @@ def check_config(config: dict[str, Any]) -> None:
     _check_datasets(config)
     _check_models(config)
     _check_protocol(config)
+    _check_leaderboard(config)
+
+
+def _check_leaderboard(config: dict[str, Any]) -> None:
+    """A leaderboard of runs on synthetic data would rank noise among the paper's models:
+    refused before any job (the report itself refuses such runs too, from their records)."""
+    if not config["report"].get("leaderboard", False):
+        return
+    synthetic = sorted(name for task in PAPER_RUNS for name in datasets(config, task)
+                       if source_of(config, name) == "synthetic")
+    if synthetic:
+        raise ConfigError(f"config key {LEADERBOARD_KEY}: {', '.join(synthetic)} come from "
+                          "synthetic data (source: synthetic); a leaderboard compares real "
+                          "runs with the paper's, so set report.leaderboard: false or a real "
+                          "source for them")
 
 
 def _check_protocol(config: dict[str, Any]) -> None:

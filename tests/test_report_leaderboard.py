@@ -317,8 +317,17 @@ def test_the_workflow_passes_leaderboard_to_the_report_of_our_runs(
         report_flags(clash, "report", "classification")
     # the planned report job of a checkout with report.leaderboard: true
     checkout = repo_copy(tmp_path)
-    (checkout / "leaderboard.yaml").write_text(yaml.safe_dump({"report": {"leaderboard": True}}))
     target = "results/report/classification/aggregate.csv"
+    # the embedded default's synthetic data: refused while the Snakefile is parsed
+    (checkout / "leaderboard.yaml").write_text(yaml.safe_dump({"report": {"leaderboard": True}}))
+    result = snakemake([target, "-n", "--configfile", "config/embedded.yaml",
+                        "leaderboard.yaml"], workflow_env, cwd=checkout)
+    assert result.returncode != 0
+    refusal = result.stdout + result.stderr
+    assert "config key report.leaderboard" in refusal and "mb-domars16k" in refusal
+    # the same datasets from a real source plan a leaderboard report
+    (checkout / "leaderboard.yaml").write_text(yaml.safe_dump(
+        {"report": {"leaderboard": True}, "source": "huggingface"}))
     result = snakemake([target, "-n", "-p", "--configfile", "config/embedded.yaml",
                         "leaderboard.yaml"], workflow_env, cwd=checkout)
     output = result.stdout + result.stderr
