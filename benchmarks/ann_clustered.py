@@ -48,14 +48,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from record import machine, write_results  # noqa: E402  (benchmarks/ is on sys.path)
+from vector_index import seconds  # noqa: E402
 
 from marseval.retrieval import index as vi  # noqa: E402
-
-
-def seconds(call: Callable[[], Any]) -> tuple[float, Any]:
-    start = time.perf_counter()
-    result = call()
-    return time.perf_counter() - start, result
 
 
 class Mixture:

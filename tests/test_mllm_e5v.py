@@ -219,3 +219,13 @@ def test_e5v_batches_equal_one_by_one(tiny_e5v, side):
 def test_e5v_runs_the_retrieval_stages_on_synthetic_sets(tiny_e5v, tmp_path, dataset):
     """embed -> index -> queries -> evaluate with `mllm:e5-v@<tiny weights>`, as the jobs do."""
     run_retrieval_stages(f"mllm:e5-v@{tiny_e5v}", dataset, tmp_path, dim=32)
+
+
+def test_an_entry_lacking_what_its_adapter_needs_is_named():
+    spec = dataclasses.replace(get_embedder("qwen3-vl-embedding-2b"),
+                               prompts={"template": "{}"}, extra={"max_length": 0})
+    with pytest.raises(MarsevalError, match="qwen3-vl-embedding-2b: its entry in "
+                       "marseval/registry/mllm_embedders.yaml lacks prompts.image, max_length"):
+        spec.require(prompts=("template", "image"), fields=("max_length",))
+    get_embedder("qwen3-vl-embedding-2b").require(prompts=("template", "image", "instruction"),
+                                                  fields=("max_length", "max_pixels"))

@@ -254,10 +254,8 @@ def load_model(name: str, spec: EmbedderSpec, device: str, source: str,
 
 def build(name: str, spec: EmbedderSpec, device: str, source: str,
           revision: str | None) -> EmbeddingModel:
+    spec.require(prompts=("image", "text", "task"))
     prompts = spec.prompts
-    missing = [k for k in ("image", "text", "task") if k not in prompts]
-    if missing:
-        raise MarsevalError(f"{spec.key}: the registry entry's prompts lack {missing}")
     model = load_model(name, spec, device, source, revision)
     processor = load_processor(source, revision, spec.padding_side)
     max_length = int(spec.extra.get("max_length") or TEXT_MAX_LENGTH)

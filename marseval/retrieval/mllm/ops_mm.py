@@ -40,7 +40,6 @@ from __future__ import annotations
 from PIL import Image
 from torch import Tensor
 
-from marseval.errors import MarsevalError
 from marseval.retrieval.mllm.building import in_batches
 from marseval.retrieval.mllm.load import weights_dtype
 from marseval.retrieval.mllm.pooling import last_token
@@ -56,9 +55,7 @@ SETTINGS = ("min_image_tokens", "max_image_tokens")
 def ops_settings(spec: EmbedderSpec) -> dict[str, int]:
     """min_image_tokens and max_image_tokens of the registry entry (the code hard-codes
     them: MIN_PIXELS / MAX_PIXELS of its fetch_image, the processor's min/max_pixels)."""
-    missing = [key for key in SETTINGS if not spec.extra.get(key)]
-    if missing:
-        raise MarsevalError(f"{spec.key}: the registry entry lacks {missing}")
+    spec.require(fields=SETTINGS)
     return {key: int(spec.extra[key]) for key in SETTINGS}
 
 

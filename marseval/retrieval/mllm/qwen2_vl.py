@@ -98,11 +98,8 @@ def fetch_image(image: Image.Image) -> Image.Image:
 def system_user_prompts(spec: EmbedderSpec) -> tuple[str, Callable[[str], str]]:
     """The image input string and the text input builder of an entry whose prompts are one
     system + user template (GME, Ops-MM): `template` filled with an instruction and an input."""
+    spec.require(prompts=("template", "image", "image_instruction", "text_instruction"))
     prompts = spec.prompts
-    missing = [k for k in ("template", "image", "image_instruction", "text_instruction")
-               if k not in prompts]
-    if missing:
-        raise MarsevalError(f"{spec.key}: the registry entry's prompts lack {missing}")
     template = prompts["template"]
     image_input = template.format(instruction=prompts["image_instruction"],
                                   input=prompts["image"])

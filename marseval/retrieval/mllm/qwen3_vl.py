@@ -50,10 +50,7 @@ PROMPTS = ("template", "image", "instruction")
 
 
 def qwen3_settings(spec: EmbedderSpec) -> dict[str, int]:
-    missing = [k for k in SETTINGS if k not in spec.extra]
-    missing += [f"prompts.{k}" for k in PROMPTS if k not in spec.prompts]
-    if missing:
-        raise MarsevalError(f"{spec.key}: the registry entry lacks {missing}")
+    spec.require(prompts=PROMPTS, fields=SETTINGS)
     return {key: int(spec.extra[key]) for key in SETTINGS}
 
 

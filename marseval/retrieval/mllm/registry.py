@@ -42,6 +42,15 @@ class EmbedderSpec:
     prompts: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def require(self, prompts: tuple[str, ...] = (), fields: tuple[str, ...] = ()) -> None:
+        """Stop, naming the entry and what it lacks, when any of these prompts or registry
+        fields is missing or empty (an adapter needs them all)."""
+        missing = [f"prompts.{k}" for k in prompts if not self.prompts.get(k)]
+        missing += [k for k in fields if not self.extra.get(k)]
+        if missing:
+            raise MarsevalError(f"{self.key}: its entry in marseval/registry/mllm_embedders.yaml "
+                                f"lacks {', '.join(missing)}")
+
 
 _FIELDS = ("family", "hub", "remote_code", "cuda_dtype", "batch_size", "revision",
            "padding_side", "prompts")

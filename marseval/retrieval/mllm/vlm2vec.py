@@ -180,9 +180,8 @@ def load_model(name: str, source: str, revision: str | None):
 
 def build(name: str, spec: EmbedderSpec, device: str, source: str,
           revision: str | None) -> EmbeddingModel:
-    image_prompt = spec.prompts.get("image")
-    if not image_prompt:
-        raise MarsevalError(f"{spec.key}: the registry entry's prompts lack 'image'")
+    spec.require(prompts=("image",))
+    image_prompt = spec.prompts["image"]
     model = load_model(name, source, revision)
     model = model.to(device=device, dtype=weights_dtype(spec, device)).eval()
     settings = image_settings(spec)
