@@ -12,6 +12,7 @@ from marseval.errors import MarsevalError
 from marseval.gpu import GPU_COMMANDS, claim_gpu
 from marseval.registry import RegistryError
 from marseval.report.options import CURVE_NORMALIZERS, DEFAULT_REFERENCE, FIGURE_STYLES
+from marseval.retrieval.index_params import IndexParams
 
 
 def _floats(text: str) -> list[float]:
@@ -230,13 +231,34 @@ def _retrieval_commands(commands) -> None:
     em.add_argument("--device", default="auto")
     em.add_argument("--offline", action="store_true")
 
-    ix = commands.add_parser("index", help="merge embedding shards into one FAISS index")
+    ix = commands.add_parser("index", help="merge embedding shards into one FAISS index "
+                             "(the merged layout)")
     ix.add_argument("--out", required=True, type=Path)
-    ix.add_argument("--kind", default="exact", choices=["exact", "ivf", "hnsw"])
-    ix.add_argument("--nlist", type=int, help="IVF lists (default about 4 sqrt(n))")
-    ix.add_argument("--nprobe", type=int, default=16)
-    ix.add_argument("--use-gpu", default="auto", choices=["auto", "yes", "no"])
+    _index_arguments(ix)
     ix.add_argument("shards", nargs="+", type=Path)
+
+    si = commands.add_parser("shard-index", help="the FAISS index of one embedding shard "
+                             "(the sharded layout)")
+    si.add_argument("--shard", required=True, type=Path)
+    si.add_argument("--out", required=True, type=Path)
+    _index_arguments(si)
+
+    se = commands.add_parser("search", help="top K of every query in one embedding shard")
+    se.add_argument("--shard", required=True, type=Path)
+    se.add_argument("--index", type=Path, help="the shard's index folder (none: exact)")
+    se.add_argument("--queries", required=True, type=Path)
+    se.add_argument("--top-k", type=_top_k, default=None, help="an int, or all (default)")
+    se.add_argument("--out", required=True, type=Path)
+    _index_arguments(se)
+
+    rk = commands.add_parser("rankings", help="merge the shards' search results into the "
+                             "global top K")
+    rk.add_argument("--out", required=True, type=Path)
+    rk.add_argument("--top-k", type=_top_k, default=None, help="an int, or all (default)")
+    rk.add_argument("--results", required=True, nargs="+", type=Path,
+                    help="search result files, in shard order")
+    rk.add_argument("--shards", required=True, nargs="+", type=Path,
+                    help="the embedding shards searched, in the same order")
 
     qu = commands.add_parser("queries", help="text, image and hybrid query embeddings")
     qu.add_argument("--dataset-dir", required=True, type=Path)
@@ -252,7 +274,11 @@ def _retrieval_commands(commands) -> None:
 
     ev = commands.add_parser("evaluate", help="score one model on one retrieval task")
     ev.add_argument("--dataset-dir", required=True, type=Path)
-    ev.add_argument("--index", required=True, type=Path)
+    ev.add_argument("--index", type=Path, help="the merged index folder (merged layout)")
+    ev.add_argument("--rankings", type=Path,
+                    help="merged search results (sharded layout: landform, geolocalization)")
+    ev.add_argument("--shards", nargs="+", type=Path,
+                    help="embedding shards (sharded layout: paired)")
     ev.add_argument("--model", required=True)
     ev.add_argument("--queries", type=Path, help="queries file (landform, geolocalization)")
     ev.add_argument("--out", required=True, type=Path)
@@ -268,6 +294,24 @@ def _retrieval_commands(commands) -> None:
     rr.add_argument("--out", required=True, type=Path)
     rr.add_argument("evaluations", nargs="+", type=Path)
     _ctx_commands(commands)
+
+
+def _index_arguments(parser: argparse.ArgumentParser) -> None:
+    IndexParams.add_arguments(parser)
+    parser.add_argument("--use-gpu", default="auto", choices=["auto", "yes", "no"])
+
+
+def _top_k(value: str) -> int | None:
+    if value == "all":
+        return None
+    try:
+        k = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"top K must be a positive int or all, got {value!r}") from None
+    if k < 1:
+        raise argparse.ArgumentTypeError(f"top K must be a positive int or all, got {value!r}")
+    return k
 
 
 def _ctx_commands(commands) -> None:
@@ -339,9 +383,32 @@ def run_retrieval(args: argparse.Namespace) -> None:
     elif args.command == "index":
         from marseval.retrieval.index import build_index
 
-        info = build_index(args.shards, args.out, kind=args.kind, nlist=args.nlist,
-                           nprobe=args.nprobe, use_gpu=args.use_gpu)
+        info = build_index(args.shards, args.out, IndexParams.from_args(args),
+                           use_gpu=args.use_gpu)
         print(f"{info['kind']} index of {info['ntotal']} {info['dim']}-d vectors in {args.out}")
+    elif args.command == "shard-index":
+        from marseval.retrieval.index import build_shard_index
+
+        info = build_shard_index(args.shard, args.out, IndexParams.from_args(args),
+                                 use_gpu=args.use_gpu)
+        print(f"{info['kind']} index of {info['ntotal']} {info['dim']}-d vectors in {args.out}"
+              + (f"; recall@10 vs exact {info['recall_at_10_vs_exact']:.3f}"
+                 if "recall_at_10_vs_exact" in info else ""))
+    elif args.command == "search":
+        from marseval.retrieval.search import search_shard
+
+        done = search_shard(args.shard, args.queries, args.out,
+                            params=IndexParams.from_args(args), index_dir=args.index,
+                            top_k=args.top_k, use_gpu=args.use_gpu)
+        print(f"top {done['k']} of {done['n']} rows for modes {', '.join(done['modes'])} "
+              f"in {args.out}")
+    elif args.command == "rankings":
+        from marseval.retrieval.search import merge_rankings, write_rankings
+
+        rankings = merge_rankings(args.results, args.shards, args.top_k)
+        write_rankings(rankings, args.out)
+        print(f"top {rankings.k} of {rankings.ntotal} rows from {len(args.shards)} shards in "
+              f"{args.out}")
     elif args.command == "queries":
         from marseval.retrieval.queries import build_queries
 
@@ -355,7 +422,8 @@ def run_retrieval(args: argparse.Namespace) -> None:
         geo = GeoOptions(args.radius_deg, args.radius_km, args.top_k, args.k_step,
                          args.location)
         record = evaluate(args.dataset_dir, args.index, args.out, model=args.model,
-                          queries_path=args.queries, geo=geo)
+                          queries_path=args.queries, geo=geo, rankings_dir=args.rankings,
+                          shard_dirs=args.shards)
         print(json.dumps({k: v for k, v in record.items() if k != "metrics"}))
     elif args.command == "retrieval-report":
         from marseval.retrieval.report import write_report
@@ -363,7 +431,8 @@ def run_retrieval(args: argparse.Namespace) -> None:
         print(write_report(args.evaluations, args.out).to_string(index=False))
 
 
-RETRIEVAL_COMMANDS = {"embed", "index", "queries", "evaluate", "retrieval-report"}
+RETRIEVAL_COMMANDS = {"embed", "index", "shard-index", "search", "rankings", "queries",
+                      "evaluate", "retrieval-report"}
 
 
 def _setup(args: argparse.Namespace):
@@ -530,7 +599,7 @@ def claims_gpu(args: argparse.Namespace) -> bool:
     """Whether the command is a GPU job that must claim a slot: a GPU command on `auto` or a
     bare `cuda` (`cuda:N` names its device itself), or `index --use-gpu yes` (both request
     `gpu=1` from Snakemake, see job_resources)."""
-    if args.command == "index":
+    if args.command in ("index", "shard-index", "search"):
         return args.use_gpu == "yes"
     return args.command in GPU_COMMANDS and getattr(args, "device", "auto") in ("auto", "cuda")
 

@@ -22,8 +22,9 @@ from marseval.atomic import atomic_directory, atomic_write_json
 from marseval.errors import MarsevalError
 from marseval.retrieval import metrics
 from marseval.retrieval.embed import read_meta
-from marseval.retrieval.index import SearchIndex
-from marseval.retrieval.queries import read_queries, scored_landforms
+from marseval.retrieval.index import SearchIndex, load_npy, read_json
+from marseval.retrieval.queries import scored_landforms
+from marseval.retrieval.search import Rankings, rankings_of_index, read_rankings
 from marseval.retrieval.tiles import tile_locations
 
 
@@ -42,56 +43,89 @@ class GeoOptions:
         return math.radians(self.radius_deg) * metrics.MARS_RADIUS_KM
 
 
-def evaluate(dataset_dir: Path, index_dir: Path, out: Path, *, model: str,
-             queries_path: Path | None = None, geo: GeoOptions = GeoOptions()) -> dict:
+def evaluate(dataset_dir: Path, index_dir: Path | None, out: Path, *, model: str,
+             queries_path: Path | None = None, geo: GeoOptions = GeoOptions(),
+             rankings_dir: Path | None = None, shard_dirs: list[Path] | None = None) -> dict:
+    """Score one model on a dataset's task. The database comes as one merged index folder
+    (`index_dir`: the queries are searched here), or in the sharded layout as the merged
+    search results (`rankings_dir`, landform and geo-localization) or the embedding shards
+    themselves (`shard_dirs`, paired: ranks are scored shard by shard)."""
     dataset_dir = Path(dataset_dir)
     meta = read_meta(dataset_dir)
-    index = SearchIndex.load(Path(index_dir))
     task = meta["subtask"]
-    record: dict[str, Any] = {"dataset": meta["name"], "task": task, "model": model,
-                              "database_size": index.ntotal, "embedding_dim": index.dim}
+    record: dict[str, Any] = {"dataset": meta["name"], "task": task, "model": model}
     with atomic_directory(out) as tmp:
         if task == "paired":
-            record.update(_paired(index))
+            record.update(_paired(_pair_parts(index_dir, shard_dirs)))
         else:
-            if queries_path is None:
-                raise MarsevalError(f"{task} evaluation needs the queries file of {model}")
-            queries, classes = read_queries(Path(queries_path))
+            k = None if task == "landform" else geo.top_k
+            rankings = _rankings(index_dir, rankings_dir, queries_path, k, model, task)
+            record.update(database_size=rankings.ntotal, embedding_dim=rankings.dim)
             if task == "landform":
-                record.update(_landform(index, queries, classes, tmp))
+                record.update(_landform(rankings, tmp))
             else:
                 truth = pd.read_parquet(dataset_dir / "ground_truth.parquet")
-                record.update(_geolocalization(index, queries, classes, truth, geo, tmp,
-                                               meta))
+                record.update(_geolocalization(rankings, truth, geo, tmp, meta))
         atomic_write_json(tmp / "metrics.json", record)
     return record
 
 
-def _paired(index: SearchIndex) -> dict[str, Any]:
-    if "text_embeddings" not in index.info.get("extras", []):
+def _rankings(index_dir: Path | None, rankings_dir: Path | None, queries_path: Path | None,
+              k: int | None, model: str, task: str) -> Rankings:
+    """The top k (None: all) of every query: searched here in the merged index, or read from
+    the sharded layout's merged results (which must hold at least that many)."""
+    if rankings_dir is not None:
+        rankings = read_rankings(Path(rankings_dir))
+        needed = rankings.ntotal if k is None else min(k, rankings.ntotal)
+        if rankings.k < needed:
+            raise MarsevalError(f"rankings {rankings_dir} hold the top {rankings.k} of each "
+                                f"query; {task} evaluation needs {needed} (search again: "
+                                "snakemake --forcerun search)")
+        return rankings
+    if index_dir is None or queries_path is None:
+        raise MarsevalError(f"{task} evaluation of {model} needs its queries file and index, "
+                            "or the merged search results (--rankings)")
+    return rankings_of_index(SearchIndex.load(Path(index_dir)), Path(queries_path), k)
+
+
+def _pair_parts(index_dir: Path | None,
+                shard_dirs: list[Path] | None) -> list[tuple[np.ndarray, np.ndarray]] | None:
+    """(images, captions) embeddings of every shard, memory-mapped; None for a vision-only
+    model (no caption embeddings)."""
+    folders = [Path(d) for d in shard_dirs] if shard_dirs else [Path(index_dir)]
+    parts = []
+    for folder in folders:
+        meta = read_json(folder / ("shard.json" if shard_dirs else "index.json"))
+        if "text_embeddings" not in meta.get("extras", []):
+            return None
+        parts.append((load_npy(folder / "embeddings.npy", mmap=True),
+                      load_npy(folder / "text_embeddings.npy", mmap=True)))
+    return parts
+
+
+def _paired(parts: list[tuple[np.ndarray, np.ndarray]] | None) -> dict[str, Any]:
+    if parts is None:
         return {"applicable": False, "reason": "vision-only model: no caption embeddings"}
-    images = np.asarray(index.embeddings(), dtype=np.float32)
-    return {"applicable": True,
-            "metrics": metrics.paired_metrics(images, index.extra("text_embeddings"))}
+    return {"applicable": True, "database_size": sum(len(images) for images, _ in parts),
+            "embedding_dim": int(parts[0][0].shape[1]),
+            "metrics": metrics.paired_metrics_of_parts(parts)}
 
 
-def _full_scores(index: SearchIndex, queries: np.ndarray) -> np.ndarray:
+def _full_scores(scores: np.ndarray, positions: np.ndarray, ntotal: int) -> np.ndarray:
     """(Q, N) scores of every database item; items an approximate index skips get -inf."""
-    scores, positions = index.search(queries, index.ntotal)
-    full = np.full((len(queries), index.ntotal), -np.inf, dtype=np.float32)
+    full = np.full((len(scores), ntotal), -np.inf, dtype=np.float32)
     for row, (s, p) in enumerate(zip(scores, positions, strict=True)):
         keep = p >= 0
         full[row, p[keep]] = s[keep]
     return full
 
 
-def _landform(index: SearchIndex, queries: dict[str, np.ndarray], classes: list[str],
-              tmp: Path) -> dict[str, Any]:
-    if "text" not in queries:
+def _landform(rankings: Rankings, tmp: Path) -> dict[str, Any]:
+    if "text" not in rankings.results:
         return {"applicable": False, "reason": "vision-only model: no text queries"}
-    labels = index.ids["label"].to_numpy()
-    macro, per_class = metrics.landform_metrics(_full_scores(index, queries["text"]), labels,
-                                                classes)
+    labels = rankings.ids["label"].to_numpy()
+    scores = _full_scores(*rankings.results["text"], rankings.ntotal)
+    macro, per_class = metrics.landform_metrics(scores, labels, rankings.classes)
     per_class.to_csv(tmp / "per_class.csv", index=False)
     return {"applicable": True, "metrics": macro}
 
@@ -105,18 +139,17 @@ def _truth_of(truth: pd.DataFrame, landform: str, meta: dict) -> np.ndarray:
     return truth.loc[rows, ["lon", "lat"]].to_numpy(np.float64)
 
 
-def _geolocalization(index: SearchIndex, queries: dict[str, np.ndarray], classes: list[str],
-                     truth: pd.DataFrame, geo: GeoOptions, tmp: Path,
+def _geolocalization(rankings: Rankings, truth: pd.DataFrame, geo: GeoOptions, tmp: Path,
                      meta: dict) -> dict[str, Any]:
-    locations = tile_locations(index.ids, geo.convention)
-    top_k = min(geo.top_k, index.ntotal)
-    ks = metrics.k_grid(index.ntotal, top_k, geo.k_step)
-    scored = scored_landforms(meta, classes)
-    rows = [classes.index(landform) for landform in scored]
+    locations = tile_locations(rankings.ids, geo.convention)
+    top_k = min(geo.top_k, rankings.ntotal)
+    ks = metrics.k_grid(rankings.ntotal, top_k, geo.k_step)
+    scored = scored_landforms(meta, rankings.classes)
+    rows = [rankings.classes.index(landform) for landform in scored]
     results: dict[str, Any] = {}
     curves, retrieved = [], []
-    for mode, vectors in queries.items():
-        found_scores, found = index.search(vectors[rows], top_k)
+    for mode, (all_scores, all_found) in rankings.results.items():
+        found_scores, found = all_scores[rows, :top_k], all_found[rows, :top_k]
         per_landform = {}
         for row, landform in enumerate(scored):
             ranked = found[row][found[row] >= 0]
@@ -131,7 +164,7 @@ def _geolocalization(index: SearchIndex, queries: dict[str, np.ndarray], classes
             per_landform[landform] = entry
             retrieved.append(pd.DataFrame({
                 "mode": mode, "landform": landform, "rank": np.arange(1, len(ranked) + 1),
-                "id": index.ids["id"].to_numpy()[ranked], "lon": predicted[:, 0],
+                "id": rankings.ids["id"].to_numpy()[ranked], "lon": predicted[:, 0],
                 "lat": predicted[:, 1], "score": found_scores[row][: len(ranked)]}))
         results[mode] = {"per_landform": per_landform, "mean": _mean_over(per_landform)}
     if "landform" in truth.columns:
@@ -139,7 +172,7 @@ def _geolocalization(index: SearchIndex, queries: dict[str, np.ndarray], classes
     truth.to_parquet(tmp / "ground_truth.parquet", index=False)  # the maps draw it
     pd.concat(curves, ignore_index=True).to_parquet(tmp / "curves.parquet", index=False)
     pd.concat(retrieved, ignore_index=True).to_parquet(tmp / "retrieved.parquet", index=False)
-    return {"applicable": True, "modes": list(queries), "landforms": scored, "ks": ks,
+    return {"applicable": True, "modes": list(rankings.results), "landforms": scored, "ks": ks,
             "k_step": geo.k_step,
             "radius_deg": geo.radius_deg, "radius_km": geo.km, "top_k": top_k,
             "location": geo.convention, "metrics": results}

@@ -14,7 +14,12 @@ An index folder (likewise atomic):
     embeddings.npy      the merged float32 matrix (evaluation needs exact vectors)
     <name>.npy          merged extras
 
-Positions returned by `SearchIndex.search` are rows of `ids.parquet` and `embeddings.npy`.
+A shard index folder (`build_shard_index`, the sharded layout: one per embedding shard):
+    index.json          as above, plus `database` (the shard's path, n, dim and dtype)
+    index.faiss         absent for exact: the flat index is the shard's own vectors
+
+Positions returned by `SearchIndex.search` are rows of `ids.parquet` and `embeddings.npy` of
+the database folder (the merged index folder itself, or the embedding shard).
 """
 
 from __future__ import annotations
@@ -32,8 +37,8 @@ import pandas as pd
 
 from marseval.atomic import atomic_directory, atomic_write_json
 from marseval.errors import MarsevalError
+from marseval.retrieval.index_params import KINDS, IndexParams
 
-KINDS = ("exact", "ivf", "hnsw")
 DISK_DTYPES = ("float32", "float16")
 RESERVED = {"embeddings", "ids", "shard", "index"}
 # float16 keeps ~3 significant digits, so a re-read float16 row's norm can be off by ~1e-3
@@ -122,7 +127,7 @@ def write_shard(
     return out_dir
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise MarsevalError(f"{path} is missing (not a finished shard or index folder?)")
     try:
@@ -131,7 +136,7 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise MarsevalError(f"{path} is not valid JSON: {error}") from error
 
 
-def _load_npy(path: Path, mmap: bool = False) -> np.ndarray:
+def load_npy(path: Path, mmap: bool = False) -> np.ndarray:
     if not path.is_file():
         raise MarsevalError(f"{path} is missing")
     try:
@@ -140,7 +145,7 @@ def _load_npy(path: Path, mmap: bool = False) -> np.ndarray:
         raise MarsevalError(f"{path} cannot be read as a .npy array: {error}") from error
 
 
-def _read_ids(path: Path) -> pd.DataFrame:
+def read_ids(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise MarsevalError(f"{path} is missing")
     return pd.read_parquet(path)
@@ -149,19 +154,19 @@ def _read_ids(path: Path) -> pd.DataFrame:
 def read_shard(shard_dir: Path) -> tuple[np.ndarray, pd.DataFrame, dict[str, np.ndarray]]:
     """The float32 embeddings, ids and extras of a shard folder written by `write_shard`."""
     shard_dir = Path(shard_dir)
-    meta = _read_json(shard_dir / "shard.json")
-    embeddings = _load_npy(shard_dir / "embeddings.npy")
+    meta = read_json(shard_dir / "shard.json")
+    embeddings = load_npy(shard_dir / "embeddings.npy")
     expected = (meta.get("n"), meta.get("dim"))
     if embeddings.ndim != 2 or embeddings.shape != expected:
         raise MarsevalError(f"{shard_dir / 'embeddings.npy'} has shape {embeddings.shape}; "
                             f"shard.json says {expected}")
-    ids = _read_ids(shard_dir / "ids.parquet")
+    ids = read_ids(shard_dir / "ids.parquet")
     if "id" not in ids.columns or len(ids) != len(embeddings):
         raise MarsevalError(f"{shard_dir / 'ids.parquet'} has {len(ids)} rows (columns "
                             f"{list(ids.columns)}); expected {len(embeddings)} with a column 'id'")
     extras = {}
     for name in meta.get("extras", []):
-        extras[name] = _load_npy(shard_dir / f"{name}.npy")
+        extras[name] = load_npy(shard_dir / f"{name}.npy")
         if len(extras[name]) != len(embeddings):
             raise MarsevalError(f"{shard_dir / f'{name}.npy'} has {len(extras[name])} rows; "
                                 f"expected {len(embeddings)}")
@@ -178,6 +183,10 @@ def _merge_shards(
     if not shard_dirs:
         raise MarsevalError("build_index: no shards given")
     parts = [(Path(d), *read_shard(d)) for d in shard_dirs]
+    dtypes = {str(p[0]): read_json(p[0] / "shard.json")["dtype"] for p in parts}
+    if len(set(dtypes.values())) > 1:
+        raise IndexMismatchError(f"shards of different dtypes: {dtypes} (embedded with "
+                                 "different retrieval.embed_dtype settings?)")
     first_dir, first, first_ids, first_extras = parts[0]
     seen: dict[str, Path] = {}
     for shard_dir, embeddings, ids, extras in parts:
@@ -261,32 +270,45 @@ def make_index(
     nprobe: int = 16,
     hnsw_m: int = 32,
     ef_search: int = 128,
+    pq_m: int = 64,
     seed: int = 0,
     max_train: int | None = None,
     gpu: bool = False,
 ) -> tuple[Any, dict[str, Any]]:
     """A filled faiss index over `embeddings` (on the GPU where `gpu` and the kind allows)
-    and the parameters it was built with. IVF trains on at most `max_train` rows (default
-    256 * nlist) sampled with `seed`."""
+    and the parameters it was built with. IVF and IVF-PQ train on at most `max_train` rows
+    (default 256 * nlist) sampled with `seed`."""
     n, dim = embeddings.shape
     params: dict[str, Any] = {"nlist": None, "nprobe": None, "hnsw_m": None, "ef_search": None}
     if kind == "exact":
         index = faiss.IndexFlatIP(dim)
         index = _to_gpu(index) if gpu else index
-    elif kind == "ivf":
+    elif kind in ("ivf", "ivfpq"):
         nlist = default_nlist(n) if nlist is None else nlist
         if not 1 <= nlist <= n:
-            raise MarsevalError(f"ivf: nlist must be between 1 and the {n} vectors, got {nlist}")
-        rng = np.random.default_rng(seed)
+            raise MarsevalError(f"{kind}: nlist must be between 1 and the {n} vectors, got "
+                                f"{nlist}")
         cap = min(n, max_train or 256 * nlist)
+        if kind == "ivfpq":
+            _check_pq(n, dim, pq_m)
+            cap = min(n, max(cap, 256 * 39))  # faiss: >= 39 points per 8-bit PQ centroid
         if cap < nlist:
-            raise MarsevalError(f"ivf: {cap} training vectors for {nlist} lists")
-        rows = np.sort(rng.choice(n, cap, replace=False)) if cap < n else slice(None)
+            raise MarsevalError(f"{kind}: {cap} training vectors for {nlist} lists")
+        rows = np.sort(np.random.default_rng(seed).choice(n, cap, replace=False)) \
+            if cap < n else slice(None)
+        train = np.ascontiguousarray(embeddings[rows])
         quantizer = faiss.IndexFlatIP(dim)
-        quantizer.add(_ivf_centroids(np.ascontiguousarray(embeddings[rows]), nlist, seed, gpu))
-        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        quantizer.add(_ivf_centroids(train, nlist, seed, gpu))
+        if kind == "ivf":
+            index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        else:  # the quantizer is trained, so train() fits only the residual codebooks
+            index = faiss.IndexIVFPQ(quantizer, dim, nlist, pq_m, 8, faiss.METRIC_INNER_PRODUCT)
+            index.cp.seed = seed
+            index.pq.cp.seed = seed
+            index.train(train)
+            params.update(pq_m=pq_m)
         index.nprobe = min(nprobe, nlist)
-        index = _to_gpu(index) if gpu else index
+        index = _to_gpu(index) if gpu and kind == "ivf" else index
         params.update(nlist=nlist, nprobe=min(nprobe, nlist), train_size=cap)
     elif kind == "hnsw":
         index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
@@ -300,6 +322,15 @@ def make_index(
     else:
         index.add(embeddings)
     return index, params
+
+
+def _check_pq(n: int, dim: int, pq_m: int) -> None:
+    if dim % pq_m:
+        raise MarsevalError(f"ivfpq: pq_m = {pq_m} code bytes must divide the embedding "
+                            f"dimension {dim} (config key retrieval.pq_m)")
+    if n < 256:
+        raise MarsevalError(f"ivfpq: {n} vectors cannot train 8-bit codes (256 centroids per "
+                            "sub-quantizer); use exact for so small a shard")
 
 
 def _add_single_threaded(index: Any, embeddings: np.ndarray) -> None:
@@ -340,44 +371,67 @@ def _measure_recall(index: Any, embeddings: np.ndarray, queries: int, seed: int,
     return recall_at_k(found, truth, k), len(rows)
 
 
+def _build(embeddings: np.ndarray, params: IndexParams, use_gpu: str,
+           recall_queries: int) -> tuple[Any, dict[str, Any]]:
+    """The CPU faiss index of `params` (kind resolved by size) over `embeddings` and the
+    index.json fields describing it."""
+    kind = params.resolve(*embeddings.shape)
+    gpu = _want_gpu(use_gpu) and kind in ("exact", "ivf")  # no GPU HNSW; GPU PQ is picky
+    start = time.perf_counter()
+    index, used = make_index(embeddings, kind, nlist=params.nlist, nprobe=params.nprobe,
+                             hnsw_m=params.hnsw_m, ef_search=params.ef_search,
+                             pq_m=params.pq_m, seed=params.seed, gpu=gpu)
+    if kind == "ivfpq":
+        used["refine"] = params.refine
+    info: dict[str, Any] = {
+        "kind": kind, "requested": {"kind": params.kind, **params.used()},
+        "dim": int(embeddings.shape[1]), "ntotal": int(index.ntotal), "params": used,
+        "seed": params.seed, "build_seconds": round(time.perf_counter() - start, 3),
+        "device": "cuda" if gpu else "cpu", "faiss_version": faiss.__version__,
+    }
+    if kind != "exact":
+        searcher = SearchIndex(Path(), info, index, None, embeddings)
+        recall, sampled = _measure_recall(searcher, embeddings, recall_queries, params.seed, gpu)
+        info.update(recall_at_10_vs_exact=recall, recall_queries=sampled)
+    return (faiss.index_gpu_to_cpu(index) if gpu else index), info
+
+
+def _measure_recall(index: SearchIndex, embeddings: np.ndarray, queries: int, seed: int,
+                    gpu: bool) -> tuple[float, int]:
+    """recall@10 of `index` (as searched, re-ranking included) against exact search, a
+    sample of the database's own vectors as queries."""
+    n = len(embeddings)
+    rng = np.random.default_rng([seed, 1])  # independent of the IVF training sample
+    rows = np.sort(rng.choice(n, min(queries, n), replace=False))
+    sample = np.ascontiguousarray(embeddings[rows])
+    k = min(10, n)
+    exact, _ = make_index(embeddings, "exact", gpu=gpu)
+    _, truth = exact.search(sample, k)
+    _, found = index.search(sample, k)
+    return recall_at_k(found, truth, k), len(rows)
+
+
 def build_index(
     shard_dirs: list[Path],
     out_dir: Path,
+    params: IndexParams | None = None,
     *,
-    kind: str = "exact",
-    nlist: int | None = None,
-    nprobe: int = 16,
-    hnsw_m: int = 32,
-    ef_search: int = 128,
     use_gpu: str = "auto",
-    seed: int = 0,
     recall_queries: int = 1000,
+    **settings: Any,
 ) -> dict:
-    """Merge shards (in the given order) into one faiss index written as `out_dir`; returns
-    the contents of its index.json."""
+    """Merge shards (in the given order) into one faiss index written as `out_dir` (the
+    `merged` layout); `params`, or IndexParams(**settings). Returns its index.json."""
     out_dir = Path(out_dir)
-    if kind not in KINDS:
-        raise MarsevalError(f"index {out_dir}: kind must be one of {KINDS}, got {kind!r}")
-    gpu = _want_gpu(use_gpu) and kind != "hnsw"  # faiss has no GPU HNSW
+    params = params or IndexParams(**settings)
     embeddings, ids, extras, shards = _merge_shards([Path(d) for d in shard_dirs])
     if len(embeddings) == 0:
         raise MarsevalError(f"index {out_dir}: the shards hold no embeddings "
                             f"({', '.join(s['path'] for s in shards)})")
-    start = time.perf_counter()
-    index, params = make_index(embeddings, kind, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m,
-                               ef_search=ef_search, seed=seed, gpu=gpu)
-    info: dict[str, Any] = {
-        "kind": kind, "dim": int(embeddings.shape[1]), "ntotal": int(index.ntotal),
-        "params": params, "seed": seed, "build_seconds": round(time.perf_counter() - start, 3),
-        "device": "cuda" if gpu else "cpu", "faiss_version": faiss.__version__,
-        "shards": shards, "extras": sorted(extras),
-    }
-    if kind != "exact":
-        recall, used = _measure_recall(index, embeddings, recall_queries, seed, gpu)
-        info.update(recall_at_10_vs_exact=recall, recall_queries=used)
-    cpu_index = faiss.index_gpu_to_cpu(index) if gpu else index
+    index, info = _build(embeddings, params, use_gpu, recall_queries)
+    info.update(shards=shards, extras=sorted(extras))
     with atomic_directory(out_dir) as tmp:
-        faiss.write_index(cpu_index, str(tmp / "index.faiss"))
+        faiss.write_index(index, str(tmp / "index.faiss"))
         ids.to_parquet(tmp / "ids.parquet", index=False)
         np.save(tmp / "embeddings.npy", embeddings)
         for name, values in extras.items():
@@ -386,45 +440,110 @@ def build_index(
     return info
 
 
+def build_shard_index(shard_dir: Path, out_dir: Path, params: IndexParams, *,
+                      use_gpu: str = "auto", recall_queries: int = 1000) -> dict:
+    """The index of one embedding shard (the `sharded` layout), written as `out_dir`; only
+    index.json for exact. Returns its index.json."""
+    shard_dir, out_dir = Path(shard_dir), Path(out_dir)
+    embeddings, _, _ = read_shard(shard_dir)
+    if len(embeddings) == 0:
+        raise MarsevalError(f"shard {shard_dir} holds no embeddings: nothing to index")
+    meta = read_json(shard_dir / "shard.json")
+    index, info = _build(np.ascontiguousarray(embeddings), params, use_gpu, recall_queries)
+    info["database"] = {"path": str(shard_dir), "n": meta["n"], "dim": meta["dim"],
+                        "dtype": meta["dtype"]}
+    with atomic_directory(out_dir) as tmp:
+        if info["kind"] != "exact":
+            faiss.write_index(index, str(tmp / "index.faiss"))
+        atomic_write_json(tmp / "index.json", info)
+    return info
+
+
 # ---------------------------------------------------------------- search
 
 
-class SearchIndex:
-    """An index folder written by `build_index`, ready to search."""
+def order_results(scores: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row sorted by score, highest first, ties by the lower position, missing results
+    (position -1) last: the one order every layout and shard count returns."""
+    missing = positions < 0
+    scores = np.where(missing, -np.inf, scores).astype(np.float32, copy=False)
+    key = np.where(missing, np.iinfo(np.int64).max, positions)
+    order = np.lexsort((key, -scores), axis=-1)
+    return (np.take_along_axis(scores, order, axis=-1),
+            np.take_along_axis(positions, order, axis=-1))
 
-    def __init__(self, index_dir: Path, info: dict[str, Any], index: Any, ids: pd.DataFrame,
-                 gpu_index: Any = None) -> None:
+
+def _flat_database(database_dir: Path) -> tuple[Any, pd.DataFrame, np.ndarray]:
+    """A flat (exact) index over a database folder's vectors, its ids and the vectors."""
+    vectors = load_npy(database_dir / "embeddings.npy", mmap=True)
+    ids = read_ids(database_dir / "ids.parquet")
+    index = faiss.IndexFlatIP(int(vectors.shape[1]))
+    index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    return index, ids, vectors
+
+
+class SearchIndex:
+    """A faiss index over a database folder (the merged index folder, or one embedding shard
+    with its shard index folder), ready to search."""
+
+    def __init__(self, index_dir: Path, info: dict[str, Any], index: Any,
+                 ids: pd.DataFrame | None, vectors: np.ndarray | None = None,
+                 gpu_index: Any = None, database_dir: Path | None = None) -> None:
         self.index_dir, self.info, self.ids = index_dir, info, ids
+        self.database_dir = database_dir or index_dir
         self.dim, self.ntotal = int(info["dim"]), int(info["ntotal"])
-        self._cpu, self._gpu = index, gpu_index
+        self.refine = int(info.get("params", {}).get("refine") or 1)
+        self._cpu, self._gpu, self._vectors = index, gpu_index, vectors
 
     @classmethod
-    def load(cls, index_dir: Path, use_gpu: str = "auto") -> SearchIndex:
-        """Read an index folder; exact and IVF indexes go to the GPU where one is used."""
+    def load(cls, index_dir: Path, use_gpu: str = "auto", database_dir: Path | None = None,
+             expected: IndexParams | None = None) -> SearchIndex:
+        """Read an index folder over its database (default: the folder itself, the merged
+        layout); exact and IVF indexes go to the GPU where one is used. With `expected`, an
+        index built with other settings is refused (rebuild it)."""
         index_dir = Path(index_dir)
-        info = _read_json(index_dir / "index.json")
+        database_dir = Path(database_dir or index_dir)
+        info = read_json(index_dir / "index.json")
+        if expected is not None:
+            _check_settings(index_dir, info, expected)
         path = index_dir / "index.faiss"
-        if not path.is_file():
-            raise MarsevalError(f"{path} is missing")
-        index = faiss.read_index(str(path))
-        ids = _read_ids(index_dir / "ids.parquet")
-        if not index.ntotal == len(ids) == info.get("ntotal") or index.d != info.get("dim"):
+        if info["kind"] == "exact" and not path.is_file():  # a shard index: its own vectors
+            index, ids, vectors = _flat_database(database_dir)
+        else:
+            if not path.is_file():
+                raise MarsevalError(f"{path} is missing")
+            index = faiss.read_index(str(path))
+            ids = read_ids(database_dir / "ids.parquet")
+            vectors = load_npy(database_dir / "embeddings.npy", mmap=True)
+        if not (index.ntotal == len(ids) == len(vectors) == info.get("ntotal")
+                and index.d == vectors.shape[1] == info.get("dim")):
             raise MarsevalError(
-                f"index {index_dir} is inconsistent: index.faiss holds {index.ntotal} "
-                f"{index.d}-d vectors, ids.parquet {len(ids)} rows, index.json says "
-                f"{info.get('ntotal')} {info.get('dim')}-d")
+                f"index {index_dir} does not fit database {database_dir}: the index holds "
+                f"{index.ntotal} {index.d}-d vectors, index.json says {info.get('ntotal')} "
+                f"{info.get('dim')}-d, the database {len(vectors)} {vectors.shape[1]}-d rows "
+                f"and {len(ids)} ids (rebuild the index)")
         params = info.get("params", {})
         if params.get("nprobe"):
             faiss.extract_index_ivf(index).nprobe = params["nprobe"]
         if params.get("ef_search"):
             index.hnsw.efSearch = params["ef_search"]
-        gpu_index = _to_gpu(index) if info["kind"] != "hnsw" and _want_gpu(use_gpu) else None
-        return cls(index_dir, info, index, ids.astype({"id": str}), gpu_index)
+        gpu = info["kind"] in ("exact", "ivf") and _want_gpu(use_gpu)
+        return cls(index_dir, info, index, ids.astype({"id": str}), vectors,
+                   _to_gpu(index) if gpu else None, database_dir)
+
+    @classmethod
+    def from_vectors(cls, database_dir: Path, info: dict[str, Any],
+                     use_gpu: str = "auto") -> SearchIndex:
+        """An exact index over a database folder's own vectors (no index file)."""
+        index, ids, vectors = _flat_database(Path(database_dir))
+        gpu = _to_gpu(index) if _want_gpu(use_gpu) else None
+        return cls(Path(database_dir), info, index, ids.astype({"id": str}), vectors, gpu)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Scores (float32, (Q, k)) and positions (int64, (Q, k)) of the k best matches of
-        each query, best first; k is clamped to ntotal. An approximate index that finds
-        fewer than k gives position -1 and score -inf for the missing ones."""
+        each query in `order_results`' order; k is clamped to ntotal. An approximate index
+        that finds fewer than k gives position -1 and score -inf for the missing ones.
+        IVF-PQ with refine > 1 re-scores refine * k candidates exactly from the vectors."""
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             got = queries.shape[1] if queries.ndim == 2 else queries.shape
@@ -436,18 +555,48 @@ class SearchIndex:
         k = min(k, self.ntotal)
         if len(queries) == 0:
             return np.empty((0, k), np.float32), np.empty((0, k), np.int64)
+        wanted = min(k * self.refine, self.ntotal)
+        scores, positions = self._search(queries, wanted)
+        # faiss keeps an arbitrary subset of the rows tied at the k-th score: search deeper
+        # until every tied row is in, so order_results decides (ties by the lower position)
+        while (self.info["kind"] == "exact" and wanted < self.ntotal
+               and (scores[:, -1] == scores[:, k - 1]).any()):
+            wanted = min(2 * wanted, self.ntotal)
+            scores, positions = self._search(queries, wanted)
+        if self.refine > 1:
+            scores = self._rescore(queries, positions)
+        scores, positions = order_results(scores, positions)
+        return scores[:, :k], positions[:, :k]
+
+    def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         index = self._gpu if self._gpu is not None and k <= GPU_MAX_K else self._cpu
         scores, positions = index.search(queries, k)
-        scores[positions < 0] = -np.inf
-        return scores.astype(np.float32, copy=False), positions.astype(np.int64, copy=False)
+        return scores, positions.astype(np.int64, copy=False)
+
+    def _rescore(self, queries: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Exact inner products of each query with its candidates' stored vectors."""
+        scores = np.full(positions.shape, -np.inf, dtype=np.float32)
+        for row, (query, found) in enumerate(zip(queries, positions, strict=True)):
+            keep = found >= 0
+            scores[row, keep] = np.asarray(self._vectors[found[keep]], np.float32) @ query
+        return scores
 
     def embeddings(self) -> np.ndarray:
-        """The merged float32 (ntotal, dim) matrix, memory-mapped."""
-        return _load_npy(self.index_dir / "embeddings.npy", mmap=True)
+        """The database's (ntotal, dim) matrix, memory-mapped."""
+        return load_npy(self.database_dir / "embeddings.npy", mmap=True)
 
     def extra(self, name: str) -> np.ndarray:
         """A merged per-row extra array (e.g. `text_embeddings`), memory-mapped."""
         if name not in self.info.get("extras", []):
             raise MarsevalError(f"index {self.index_dir} has no extra {name!r} (it has "
                                 f"{self.info.get('extras', [])})")
-        return _load_npy(self.index_dir / f"{name}.npy", mmap=True)
+        return load_npy(self.database_dir / f"{name}.npy", mmap=True)
+
+
+def _check_settings(index_dir: Path, info: dict[str, Any], expected: IndexParams) -> None:
+    wanted = {"kind": expected.kind, **expected.used()}
+    if info.get("requested") != wanted:
+        raise IndexMismatchError(
+            f"index {index_dir} was built with {info.get('requested')}, the config asks for "
+            f"{wanted}: it is not reused (delete it, or let the workflow build the index of "
+            "the new settings)")

@@ -72,17 +72,32 @@ def pair_ranks(similarity: np.ndarray, chunk: int = 4096) -> np.ndarray:
     return ranks
 
 
-def _embedding_ranks(queries: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-    """pair_ranks of queries @ candidates.T, computed block by block in float64 (the products
-    of float32 inputs are exact there, so near-ties are not decided by float32 rounding)."""
-    n = queries.shape[0]
-    rows = max(1, _PAIR_BLOCK_ENTRIES // n)
-    cand_t = candidates.astype(np.float64).T
-    ranks = np.empty(n, dtype=np.int64)
-    for start in range(0, n, rows):
-        block = queries[start : start + rows].astype(np.float64) @ cand_t
-        ranks[start : start + rows] = _ranks_of_block(block, start)
-    return ranks
+def _embedding_ranks(queries: Sequence[np.ndarray], candidates: Sequence[np.ndarray]) -> np.ndarray:
+    """pair_ranks of the row-wise concatenation of the query parts against that of the
+    candidate parts (query row i's true match is candidate row i, in the same part), scored
+    part by part, so no more than one query block x one candidate part is held at a time.
+    Float64 products of the float32 inputs are exact, so near-ties are not decided by float32
+    rounding; the true score comes from the same product as its competitors'."""
+    offsets = np.cumsum([0, *(len(c) for c in candidates)])
+    rows = max(1, _PAIR_BLOCK_ENTRIES // max(len(c) for c in candidates))
+    ranks = []
+    for a, part in enumerate(queries):
+        for start in range(0, len(part), rows):
+            block = np.asarray(part[start : start + rows], dtype=np.float64)
+            local = np.arange(start, start + len(block))
+            own = block @ np.asarray(candidates[a], dtype=np.float64).T
+            true = own[np.arange(len(block)), local][:, None]
+            query_rows = (offsets[a] + local)[:, None]
+            ahead = np.zeros(len(block), dtype=np.int64)
+            for b, candidate in enumerate(candidates):
+                scores = own if b == a else block @ np.asarray(candidate, dtype=np.float64).T
+                if not np.isfinite(scores).all():
+                    raise RetrievalMetricError("similarity holds NaN or infinite scores")
+                columns = offsets[b] + np.arange(len(candidate))
+                ahead += ((scores > true) | ((scores == true) & (columns < query_rows))).sum(
+                    axis=1)
+            ranks.append(1 + ahead)
+    return np.concatenate(ranks)
 
 
 def _rank_summary(ranks: np.ndarray, prefix: str) -> dict[str, float]:
@@ -108,10 +123,26 @@ def paired_metrics(image_embeddings: np.ndarray, text_embeddings: np.ndarray) ->
         )
     if images.shape[0] == 0:
         raise RetrievalMetricError("paired_metrics: no pairs to score")
+    return paired_metrics_of_parts([(images, texts)])
+
+
+def paired_metrics_of_parts(parts: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+    """`paired_metrics` of the pairs of every (images, texts) part, concatenated in order,
+    computed part by part (e.g. memory-mapped embedding shards: the whole set is never held)."""
+    for index, (images, texts) in enumerate(parts):
+        if images.ndim != 2 or images.shape != texts.shape:
+            raise RetrievalMetricError(
+                f"paired_metrics: part {index}: image embeddings {images.shape} and text "
+                f"embeddings {texts.shape} must both be (N, D) with the same shape")
+    if len({images.shape[1] for images, _ in parts}) > 1:
+        raise RetrievalMetricError("paired_metrics: parts of different embedding dimensions")
+    images, texts = [p[0] for p in parts if len(p[0])], [p[1] for p in parts if len(p[0])]
+    if not images:
+        raise RetrievalMetricError("paired_metrics: no pairs to score")
     return {
         **_rank_summary(_embedding_ranks(images, texts), "i2t"),
         **_rank_summary(_embedding_ranks(texts, images), "t2i"),
-        "n": float(images.shape[0]),
+        "n": float(sum(len(i) for i in images)),
     }
 
 
