@@ -90,6 +90,42 @@ class Mixture:
         return out
 
 
+def tiny_clip_tiles(n: int, queries: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """tiny-clip embeddings of `n` crops of a synthetic global mosaic, and of `queries` crops.
+
+    The database: 32-px crops (tiny-clip's input size) on a 16-px grid, row by row, of a mosaic
+    drawn by the synthetic geo-localization generator (its five landform motifs, 50 sites
+    each); the queries: crops at random positions of the same mosaic, so each overlaps
+    database tiles, as a geo-localization query does.
+    """
+    import torch
+    from PIL import Image
+
+    from marseval.data.synthetic import scenes
+    from marseval.data.synthetic.generate import GEO_LANDFORM_MOTIFS
+    from marseval.retrieval.models import load_model
+
+    torch.set_num_threads(1)  # the benchmark's one core
+    size, stride = 32, 16
+    height = stride * (math.ceil(math.sqrt(n / 2)) + 2)
+    rng = np.random.default_rng(seed)
+    mosaic, _ = scenes.global_mosaic(list(GEO_LANDFORM_MOTIFS.values()), rng, 2 * height,
+                                     height, n_sites=50, bands=1)
+    grid = [(r, c) for r in range(0, height - size + 1, stride)
+            for c in range(0, 2 * height - size + 1, stride)][:n]
+    spots = [(int(r), int(c)) for r, c in zip(rng.integers(0, height - size, queries),
+                                              rng.integers(0, 2 * height - size, queries),
+                                              strict=True)]
+    model = load_model("tiny-clip")
+
+    def embed(corners: list[tuple[int, int]]) -> np.ndarray:
+        parts = [model.embed_images([Image.fromarray(mosaic[r:r + size, c:c + size])
+                                     for r, c in corners[start:start + 4096]])
+                 for start in range(0, len(corners), 4096)]
+        return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+    return embed(grid), embed(spots)
+
+
 def _status_kb(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -312,8 +348,9 @@ def bench_ivfpq(x: np.ndarray, shards: int, nlist: int, coarse: dict, run: Calla
 def exact_truth(x: np.ndarray, queries: np.ndarray, k: int, cache: Path | None,
                 args) -> np.ndarray:
     """Exact top-k ids, cached on disk by the data's parameters (runs differing only in S)."""
-    key = hashlib.sha1(json.dumps([args.n, args.dim, args.clusters, args.intrinsic, args.spread,
-                                   args.noise, args.queries, k]).encode()).hexdigest()[:16]
+    params = [args.n, args.dim, args.clusters, args.intrinsic, args.spread, args.noise,
+              args.queries, k] + ([] if args.data == "mixture" else [args.data])
+    key = hashlib.sha1(json.dumps(params).encode()).hexdigest()[:16]
     path = None if cache is None else cache / f"ann_truth_{key}.npy"
     if path is not None and path.exists():
         return np.load(path)
@@ -328,6 +365,7 @@ def exact_truth(x: np.ndarray, queries: np.ndarray, k: int, cache: Path | None,
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", choices=("mixture", "tiny-clip"), default="mixture")
     parser.add_argument("--n", type=int, default=200_000)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--clusters", type=int, default=4096)
@@ -366,9 +404,13 @@ def main() -> None:
     faiss.omp_set_num_threads(args.threads)
 
     started = time.perf_counter()
-    mixture = Mixture(args)
-    data_s, x = seconds(lambda: mixture.sample(args.n, 0))
-    queries = mixture.sample(args.queries, 1)
+    if args.data == "tiny-clip":
+        data_s, (x, queries) = seconds(lambda: tiny_clip_tiles(args.n, args.queries))
+        args.dim = x.shape[1]
+    else:
+        mixture = Mixture(args)
+        data_s, x = seconds(lambda: mixture.sample(args.n, 0))
+        queries = mixture.sample(args.queries, 1)
     truth = exact_truth(x, queries, max(args.ks), args.truth_cache, args)
     print(f"data {data_s:.1f} s, truth {time.perf_counter() - started:.1f} s", flush=True)
     rows = []
@@ -378,11 +420,7 @@ def main() -> None:
         "n": args.n, "dim": args.dim, "queries": args.queries, "time_batch": args.queries,
         "ks": args.ks, "large_k": args.large_k, "large_k_queries": args.large_k_queries,
         "repeats": args.repeats, "shards": args.shards, "kinds": args.kinds,
-        "data": {"model": "Gaussian mixture in a low intrinsic dimension, random orthonormal map "
-                          "to dim, isotropic noise, L2-normalised",
-                 "clusters": args.clusters, "intrinsic_dim": args.intrinsic,
-                 "within_cluster_sd": args.spread, "noise_norm": args.noise,
-                 "weights": "Dirichlet(1)"},
+        "data": data_description(args),
         "make_data_s": data_s, "rows": rows, "total_s": time.perf_counter() - started,
         "date": time.strftime("%Y-%m-%d"),
         "machine": machine(numpy=np.__version__, faiss=faiss.__version__,
@@ -390,6 +428,18 @@ def main() -> None:
     }
     write_results(args.out, result)
     print_table(result)
+
+
+def data_description(args) -> dict[str, Any]:
+    if args.data == "tiny-clip":
+        return {"model": "tiny-clip (random 2-layer CLIP, seed 0) image embeddings of 32-px "
+                         "crops of a synthetic geo-localization mosaic: database on a 16-px "
+                         "grid, queries at random positions", "mosaic_sites_per_landform": 50}
+    return {"model": "Gaussian mixture in a low intrinsic dimension, random orthonormal map "
+                     "to dim, isotropic noise, L2-normalised",
+            "clusters": args.clusters, "intrinsic_dim": args.intrinsic,
+            "within_cluster_sd": args.spread, "noise_norm": args.noise,
+            "weights": "Dirichlet(1)"}
 
 
 def break_even(build_s: float, qps: float, exact_qps: float) -> str:

@@ -35,6 +35,7 @@ from marseval.retrieval.ctx.plan import embed_shard_count, group_cells, run_grou
 from marseval.workflow import (
     bench_models,
     retrieval_models,
+    sharded_layout,
     source_of,
     task_grid,
     task_of,
@@ -53,6 +54,9 @@ CELL_WORKER_MB = 500
 DEFAULT_MODEL = "vit_l_16"
 BENCH_RULES = ("features", "tune", "train")
 ENCODER_RULES = ("embed", "queries")
+FAISS_RULES = ("index", "shard_index", "search")  # faiss on the GPU with index_gpu: yes
+ID_ROW_BYTES = 200  # a row of ids.parquet in pandas: id string and tile bounds
+QUERY_ROWS = 5000  # an upper bound on the queries of a retrieval task (paired: its pairs)
 MB = 2**20
 # per trial and batch of a shared pass: its own optimizer step (assumed; the rest of
 # `step_overhead_ms` is the pass's, once per batch)
@@ -154,7 +158,7 @@ class JobSizer:
             return int(self.config["bench"]["device"] != "cpu")
         if rule in ENCODER_RULES:
             return int(self.config["retrieval"]["device"] != "cpu")
-        if rule == "index":  # "auto" uses a GPU only where the job happens to see one
+        if rule in FAISS_RULES:  # "auto" uses a GPU only where the job happens to see one
             return int(self.config["retrieval"]["index_gpu"] == "yes")
         return 0
 
@@ -302,11 +306,22 @@ class JobSizer:
             return self._training_seconds(rule, dataset, runs, wildcards["partition"], cost)
         if rule == "embed":
             return self._forward_seconds(rule, self._shard_items(dataset), cost)
-        if rule in ("index", "evaluate"):
-            # exact inner products of every query (at most a few thousand) with the database
-            items = database_items(self.config, dataset)
-            return 2.0 * 5000 * items * cost["feature_dim"] / self._throughput(rule, cost)
-        return 0.0  # queries and aggregation: minutes at most
+        if rule in ("index", "evaluate", "shard_index", "search"):
+            # exact inner products of every query with the database, or with one shard
+            # (an approximate shard index's build is within the same order: README "Index")
+            items = self._searched_items(rule, dataset)
+            return 2.0 * QUERY_ROWS * items * cost["feature_dim"] / self._throughput(rule, cost)
+        return 0.0  # queries, rankings and aggregation: minutes at most
+
+    def _searched_items(self, rule: str, dataset: str) -> float:
+        """Database rows a ranking job scores: one shard's in the sharded layout (evaluate
+        there reads merged results, but scores paired ranks over every shard)."""
+        if rule in ("shard_index", "search"):
+            return self._shard_items(dataset)
+        if rule == "evaluate" and sharded_layout(self.config) \
+                and get_dataset(dataset).subtask != "paired":
+            return 0.0
+        return database_items(self.config, dataset)
 
     def _forward_seconds(self, rule: str, items: float, cost: dict[str, Any]) -> float:
         """One forward pass of the model over `items` images, decoding included."""
@@ -367,9 +382,17 @@ class JobSizer:
             return self.threads(rule) * CELL_WORKER_MB
         if rule == "embed":
             return weights + self._shard_items(dataset) * cost["feature_dim"] * 4 / MB
-        if rule in ("index", "evaluate"):
-            # the merged float32 matrix and the index built from it
+        if rule in ("index", "shard_index", "search"):
+            # the float32 vectors (the merged matrix, or one shard's) and an index of them
+            return 2 * self._searched_items(rule, dataset) * cost["feature_dim"] * 4 / MB
+        if rule == "evaluate" and sharded_layout(self.config):
+            # merged results, ids, and for paired one query block x one shard (float64)
+            return 8 * self._shard_items(dataset) * cost["feature_dim"] / MB \
+                + database_items(self.config, dataset) * ID_ROW_BYTES / MB
+        if rule == "evaluate":  # the merged float32 matrix and the index built from it
             return 2 * database_items(self.config, dataset) * cost["feature_dim"] * 4 / MB
+        if rule == "rankings":  # the ids of the database, and (queries x K) results
+            return database_items(self.config, dataset) * ID_ROW_BYTES / MB
         if rule == "queries":
             return weights
         return 0.0

@@ -19,6 +19,7 @@ from marseval.report.options import (
     published_normalizer,
 )
 from marseval.retrieval.ctx.plan import embed_shard_count, group_ids, synthetic_ctx_options
+from marseval.retrieval.index_params import IndexParams
 
 SOURCES = ("synthetic", "huggingface", "zenodo")
 
@@ -44,6 +45,17 @@ def check_config(config: dict[str, Any]) -> None:
     _check_models(config)
     _check_protocol(config)
     _check_leaderboard(config)
+    _check_index(config)
+
+
+def _check_index(config: dict[str, Any]) -> None:
+    from marseval.errors import MarsevalError
+
+    try:
+        index_params(config)
+    except MarsevalError as error:
+        raise ConfigError(f"config keys retrieval.index, nlist, nprobe, hnsw_m, ef_search, pq_m,"
+                          f" refine, auto_exact_max_mb: {error}") from None
 
 
 def _check_leaderboard(config: dict[str, Any]) -> None:
@@ -422,19 +434,93 @@ def retrieval_targets(config: dict[str, Any]) -> list[str]:
     return [f"{config['results']}/retrieval/report/{task}" for task in retrieval_datasets(config)]
 
 
+def index_params(config: dict[str, Any]) -> IndexParams:
+    return IndexParams.from_config(config)
+
+
+def sharded_layout(config: dict[str, Any]) -> bool:
+    return config["retrieval"]["index_layout"] == "sharded"
+
+
+def retrieval_folder(config: dict[str, Any], stage: str, dataset: str, model: str) -> str:
+    """A stage's folder of one database and model; index stages are named by the settings'
+    tag, so changed settings build new indexes instead of reusing the old ones."""
+    return (f"{config['results']}/retrieval/{stage}/{dataset}/{model}/"
+            f"{index_params(config).tag()}")
+
+
 def evaluate_inputs(config: dict[str, Any]):
-    """Input function of evaluate: dataset and index, and the queries unless the task is paired."""
+    """Input function of evaluate: the dataset and what the layout ranks with: the merged
+    index and queries; sharded: the merged search results, or for paired the shards."""
     results = config["results"]
 
-    def inputs(wildcards) -> dict[str, str]:
-        found = {"data": f"{results}/data/{wildcards.dataset}",
-                 "index": f"{results}/retrieval/index/{wildcards.dataset}/{wildcards.model}"}
-        if get_dataset(wildcards.dataset).subtask != "paired":
-            found["queries"] = (f"{results}/retrieval/queries/{wildcards.dataset}/"
-                                f"{wildcards.model}.npz")
+    def inputs(wildcards) -> dict[str, Any]:
+        dataset, model = wildcards.dataset, wildcards.model
+        found: dict[str, Any] = {"data": f"{results}/data/{dataset}"}
+        paired = get_dataset(dataset).subtask == "paired"
+        if not sharded_layout(config):
+            found["index"] = retrieval_folder(config, "index", dataset, model)
+            if not paired:
+                found["queries"] = f"{results}/retrieval/queries/{dataset}/{model}.npz"
+        elif paired:
+            found["shards"] = embedding_shards(config, dataset, model)
+        else:
+            found["rankings"] = retrieval_folder(config, "rankings", dataset, model)
         return found
 
     return inputs
+
+
+def evaluate_source_flags(input) -> str:
+    """The evaluate command's database flags, from the inputs `evaluate_inputs` chose."""
+    keys = set(input.keys())
+    if "rankings" in keys:
+        return f"--rankings {input.rankings}"
+    if "shards" in keys:
+        return "--shards " + " ".join(input.shards)
+    flags = f"--index {input.index}"
+    return flags + (f" --queries {input.queries}" if "queries" in keys else "")
+
+
+def retrieval_stages(config: dict[str, Any], task: str) -> tuple[str, ...]:
+    """The stages (rules) a retrieval task runs per model under the config's layout: paired
+    retrieval needs no queries (its captions) and, sharded, no search either."""
+    if not sharded_layout(config):
+        return ("embed", "index", "evaluate") if task == "paired" else \
+            ("embed", "queries", "index", "evaluate")
+    if task == "paired":
+        return ("embed", "evaluate")
+    indexed = ("shard_index",) if index_params(config).kind != "exact" else ()
+    return ("embed", "queries", *indexed, "search", "rankings", "evaluate")
+
+
+def search_inputs(config: dict[str, Any]):
+    """Input function of search: the shard, its queries, and its index unless exact."""
+    results = config["results"]
+
+    def inputs(wildcards) -> dict[str, str]:
+        dataset, model = wildcards.dataset, wildcards.model
+        shard = f"shard{wildcards.shard}"
+        found = {"shard": f"{results}/retrieval/embeddings/{dataset}/{model}/{shard}",
+                 "queries": f"{results}/retrieval/queries/{dataset}/{model}.npz"}
+        if index_params(config).kind != "exact":
+            found["index"] = f"{retrieval_folder(config, 'shard_index', dataset, model)}/{shard}"
+        return found
+
+    return inputs
+
+
+def search_results(config: dict[str, Any], dataset: str, model: str) -> list[str]:
+    """The search result of every shard of a database, in shard order."""
+    folder = retrieval_folder(config, "search", dataset, model)
+    return [f"{folder}/shard{i}.npz" for i in range(embed_shard_count(config, dataset))]
+
+
+def search_top_k(config: dict[str, Any], dataset: str) -> str:
+    """How deep a search goes: landform retrieval ranks the whole database."""
+    if get_dataset(dataset).subtask == "landform":
+        return "all"
+    return str(config["retrieval"]["top_k"])
 
 
 def embedding_shards(config: dict[str, Any], dataset: str, model: str) -> list[str]:
@@ -479,12 +565,8 @@ def embed_flags(config: dict[str, Any]) -> str:
 
 
 def index_flags(config: dict[str, Any]) -> str:
-    options = config["retrieval"]
-    flags = [f"--kind {options['index']}", f"--nprobe {options['nprobe']}",
-             f"--use-gpu {options['index_gpu']}"]
-    if options["nlist"]:
-        flags.append(f"--nlist {options['nlist']}")
-    return " ".join(flags)
+    """The index settings and GPU choice of the index, shard_index and search commands."""
+    return f"{index_params(config).flags()} --use-gpu {config['retrieval']['index_gpu']}"
 
 
 def queries_flags(config: dict[str, Any]) -> str:

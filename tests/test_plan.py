@@ -255,7 +255,8 @@ def test_paper_config_plans_through_the_cli_with_cheaper_shared_passes(tmp_path:
              / by_task[task]["shared"]["upper"]["gpu_hours"] for task in by_task}
     assert ratio["detection"] < 2 < ratio["segmentation"] < ratio["classification"]
     assert set(plan["summary"]["stages"]) == {"features", "tune", "train", "embed", "queries",
-                                              "index", "evaluate"}
+                                              "index", "shard_index", "search", "rankings",
+                                              "evaluate"}
 
 
 def test_bad_input_names_the_key_file_or_row(tmp_path: Path, capsys) -> None:

@@ -50,7 +50,8 @@ def write_shards(folder: Path, x: np.ndarray, sizes: list[int],
 
 
 def sharded(folder: Path, shards: list[Path], queries: Path, k: int | None,
-            params: IndexParams = IndexParams()):
+            params: IndexParams | None = None):
+    params = params or IndexParams()
     results = []
     for i, shard in enumerate(shards):
         index_dir = None
@@ -161,7 +162,8 @@ def test_shards_of_different_dimension_or_dtype_are_refused(tmp_path):
         {"id": [f"c{i}" for i in range(5)]}), dtype="float16")
     ra = tmp_path / "ra.npz"
     search_shard(a, q, ra, params=IndexParams(), use_gpu="no")
-    with pytest.raises(vi.IndexMismatchError, match=r"shard .*b has dimension 16 but .*a/shard0 has 8"):
+    with pytest.raises(vi.IndexMismatchError,
+                       match=r"shard .*b has dimension 16 but .*a/shard0 has 8"):
         merge_rankings([ra, ra], [a, b], 3)
     with pytest.raises(vi.IndexMismatchError, match=r"shard .*c has dtype 'float16' but "
                                                     r".*a/shard0 has 'float32'"):

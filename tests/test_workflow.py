@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,8 +75,9 @@ def validated_file(path: Path) -> dict:
 # 7 seeds x (1 + 7 partitions + 6 few-shot) runs. 8 segmentation sets x 4 models and
 # 3 detection sets x 5 models (the reference SSD beside SSD300): 8 tune shards, select,
 # 7 seeds x (1 + 7 partitions) runs. One runs table and one report per task.
-# MarsRetrieval: 7 models x 3 tasks, each embedded in 8 shards, indexed and evaluated;
-# queries for landform and geo-localization; one summary per task.
+# MarsRetrieval: 16 models x 3 tasks, each embedded in 8 shards (geo-localization: one per
+# CTX cell group); queries for landform and geo-localization, searched shard by shard (exact:
+# no shard indexes) and merged; paired ranks scored from the shards; one summary per task.
 # Then the config copy and the job usage table for the report, and `all`.
 CLASSIFICATION_PAIRS, DENSE_PAIRS = 9 * 5, 8 * 4 + 3 * 5
 # Figure 4: SatMAE, CROMA, Prithvi on 4 datasets (bench.model_scope), full set + 7 fractions
@@ -90,7 +92,8 @@ PAPER_JOBS = {"download": 23, "standardize": 23, "data_summary": 1,
               "train": CLASSIFICATION_PAIRS * 7 * 14 + EO_PAIRS * 7 * 8 + DENSE_PAIRS * 7 * 8,
               "collect": 3,
               "report": 3, "ctx_download": CTX_GROUPS, "ctx_cells": CTX_GROUPS,
-              "embed": RETRIEVAL_MODELS * (8 + 8 + CTX_GROUPS), "index": RETRIEVAL_MODELS * 3,
+              "embed": RETRIEVAL_MODELS * (8 + 8 + CTX_GROUPS),
+              "search": RETRIEVAL_MODELS * (8 + CTX_GROUPS), "rankings": RETRIEVAL_MODELS * 2,
               "queries": RETRIEVAL_MODELS * 2, "evaluate": RETRIEVAL_MODELS * 3,
               "retrieval_report": 3, "run_config": 1, "job_usage": 1,
               "all": 1}
@@ -275,7 +278,8 @@ RERUN_TARGETS = (
     f"resources/ctx/synthetic/group{EMBEDDED_CTX_GROUPS[1]}",  # ctx_download
     f"results/retrieval/cells/group{EMBEDDED_CTX_GROUPS[1]}",  # ctx_cells
     "results/retrieval/embeddings/mr-landforms/tiny-clip/shard1",  # embed
-    "results/retrieval/index/mr-vl_pairs/tiny-clip",  # index
+    "results/retrieval/search/mr-landforms/tiny-clip/exact/shard1.npz",  # search
+    "results/retrieval/rankings/mr-geolocalization/tiny-clip/exact",  # rankings
     "results/retrieval/queries/mr-geolocalization/tiny-clip.npz",  # queries
     "results/retrieval/eval/mr-vl_pairs/tiny-clip",  # evaluate
     "results/retrieval/report/paired",  # retrieval_report
@@ -402,7 +406,7 @@ def test_embedded_default_runs_end_to_end(embedded_default) -> None:
         assert set(dense["partition name"]) == {"default", "0.5"}
         assert dense["test metric"].between(0, 1).all()
     # every heavy job left a benchmark file, named as its log
-    for rule in ("features", "tune", "train", "embed", "index", "queries", "evaluate"):
+    for rule in ("features", "tune", "train", "embed", "search", "queries", "evaluate"):
         logs = {p.relative_to(tmp_path / "results/logs").with_suffix("")
                 for p in (tmp_path / "results/logs" / rule).rglob("*.log")}
         tsvs = {p.relative_to(tmp_path / "results/benchmarks").with_suffix("")
@@ -458,10 +462,33 @@ def test_embedded_default_reports_every_task(embedded_default) -> None:
     assert (figures / "map_tiny-clip_hybrid.png").stat().st_size > 1000
 
 
-def test_embedded_default_builds_the_geo_database_through_the_ctx_chain(embedded_default
-                                                                        ) -> None:
-    """Fake Murray Lab tiles -> VRT -> warped cells -> embeddings -> index -> evaluation,
-    scored at the cells' south-west corners."""
+def single_index_metrics(checkout: Path, out: Path) -> dict:
+    """Geo-localization metrics of the merged layout over the embedded default's shards: one
+    exact index and `evaluate --index`, with the flags the workflow gives its jobs."""
+    from marseval.workflow import evaluate_flags
+
+    config = validated_file(REPO / "config/embedded.yaml")
+    shards = sorted((checkout / "results/retrieval/embeddings/mr-geolocalization/tiny-clip")
+                    .glob("shard*"), key=lambda p: int(p.name[5:]))
+    results = checkout / "results"
+    commands = [
+        ["index", "--kind", "exact", "--use-gpu", "no", "--out", out / "index", *shards],
+        ["evaluate", "--dataset-dir", results / "data/mr-geolocalization", "--index",
+         out / "index", "--queries", results / "retrieval/queries/mr-geolocalization/tiny-clip.npz",
+         "--model", "tiny-clip", *evaluate_flags(config).split(), "--out", out / "eval"],
+    ]
+    for command in commands:
+        done = subprocess.run([sys.executable, "-m", "marseval", *map(str, command)],
+                              capture_output=True, text=True, cwd=checkout)
+        assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads((out / "eval/metrics.json").read_text())
+
+
+def test_embedded_default_builds_the_geo_database_through_the_ctx_chain(
+        embedded_default, tmp_path_factory) -> None:
+    """Fake Murray Lab tiles -> VRT -> warped cells -> embeddings -> searched shard by shard
+    -> merged -> evaluation, scored at the cells' south-west corners; the same metrics as
+    the merged layout's one exact index (`index` and `evaluate --index`, as its rules run)."""
     tmp_path, result = embedded_default
     assert result.returncode == 0, result.stdout + result.stderr
     from marseval.retrieval.ctx.cells import cell_name, read_cells
@@ -476,12 +503,13 @@ def test_embedded_default_builds_the_geo_database_through_the_ctx_chain(embedded
     assert len(cells) == 200 * 4 and cells["id"].is_unique  # 2-degree cells
     assert cells["id"].tolist() == [cell_name(a, b, 2.0)
                                     for a, b in zip(cells.lon_min, cells.lat_min, strict=True)]
-    index = pd.read_parquet(tmp_path / "results/retrieval/index/mr-geolocalization/tiny-clip"
-                            / "ids.parquet")
-    assert index["id"].tolist() == cells["id"].tolist()  # shards merged in group order
+    rankings = tmp_path / "results/retrieval/rankings/mr-geolocalization/tiny-clip/exact"
+    merged_ids = pd.read_parquet(rankings / "ids.parquet")
+    assert merged_ids["id"].tolist() == cells["id"].tolist()  # shards merged in group order
     metrics = json.loads((tmp_path / "results/retrieval/eval/mr-geolocalization/tiny-clip"
                           / "metrics.json").read_text())
     assert metrics["location"] == "sw_corner" and metrics["database_size"] == 800
+    assert single_index_metrics(tmp_path, tmp_path_factory.mktemp("single")) == metrics
     retrieved = pd.read_parquet(tmp_path / "results/retrieval/eval/mr-geolocalization/tiny-clip"
                                 / "retrieved.parquet")
     corners = cells.set_index("id")[["lon_min", "lat_min"]]

@@ -25,10 +25,14 @@ from marseval.workflow import (
     model_partitions,
     retrieval_datasets,
     retrieval_models,
+    retrieval_stages,
     uses_feature_cache,
 )
 
-STAGES = ("features", "tune", "train", "embed", "queries", "index", "evaluate")
+RETRIEVAL_STAGES = ("embed", "queries", "index", "shard_index", "search", "rankings",
+                    "evaluate")
+STAGES = ("features", "tune", "train", *RETRIEVAL_STAGES)
+SHARD_STAGES = ("embed", "shard_index", "search")  # one job per embedding shard
 TRIAL_BY_TRIAL, SHARED = "trial_by_trial", "shared"
 
 
@@ -170,14 +174,15 @@ class JobPlanner:
             return []
         jobs = []
         for task, dataset in retrieval_datasets(self.config).items():
-            if stage == "queries" and task == "paired":
-                continue  # paired retrieval queries with its own captions
-            shards = embed_shard_count(self.config, dataset) if stage == "embed" else 1
+            if stage not in retrieval_stages(self.config, task):
+                continue
+            per_shard = stage in SHARD_STAGES
+            shards = embed_shard_count(self.config, dataset) if per_shard else 1
             for slug in retrieval_models(self.config):
                 for index in range(shards):
                     seconds = self.sizer.work_seconds(
                         stage, {"dataset": dataset, "model": slug, "shard": str(index)})
-                    name = f"{dataset}/{slug}" + (f"/shard{index}" if stage == "embed" else "")
+                    name = f"{dataset}/{slug}" + (f"/shard{index}" if per_shard else "")
                     jobs.append(self._job(stage, name, "retrieval", seconds, seconds))
         return jobs
 
@@ -190,6 +195,6 @@ class JobPlanner:
             "tune": {TRIAL_BY_TRIAL: self.tune_trial_by_trial(), SHARED: self.tune_shared()},
             "train": {"all": self.train()},
         }
-        for stage in ("embed", "queries", "index", "evaluate"):
+        for stage in RETRIEVAL_STAGES:
             found[stage] = {"all": self.retrieval(stage)}
         return found

@@ -1,6 +1,10 @@
 # MarsRetrieval: embed (shards, one GPU job each; geo-localization: one per CTX cell group,
-# ctx.smk) -> index (FAISS, shards merged in order) -> queries (text, image, hybrid)
-# -> evaluate (one model on one task) -> summary per task.
+# ctx.smk) -> queries (text, image, hybrid) -> ranking -> evaluate (one model on one task)
+# -> summary per task. Ranking, by retrieval.index_layout:
+#   sharded (default): shard_index (one per shard; none for exact) -> search (queries x
+#     shard, top K) -> rankings (merged global top K); paired ranks are scored shard by shard
+#   merged: index (FAISS, shards merged in order), searched by evaluate
+# Index folders are named by the settings' tag ({tag}), so changed settings build anew.
 # The task of a dataset is its registry subtask: paired, landform or geolocalization.
 
 
@@ -33,15 +37,15 @@ rule embed:
 
 
 rule index:
-    """Merge a database's embedding shards into one FAISS index."""
+    """Merge a database's embedding shards into one FAISS index (merged layout)."""
     input:
         lambda wildcards: embedding_shards(config, wildcards.dataset, wildcards.model),
     output:
-        directory(f"{RESULTS}/retrieval/index/{{dataset}}/{{model}}"),
+        directory(f"{RESULTS}/retrieval/index/{{dataset}}/{{model}}/{{tag}}"),
     log:
-        f"{LOGS}/index/{{dataset}}/{{model}}.log",
+        f"{LOGS}/index/{{dataset}}/{{model}}/{{tag}}.log",
     benchmark:
-        f"{BENCHMARKS}/index/{{dataset}}/{{model}}.tsv"
+        f"{BENCHMARKS}/index/{{dataset}}/{{model}}/{{tag}}.tsv"
     conda:
         "../../envs/retrieval.yaml"
     threads: JOBS.threads("index")
@@ -53,6 +57,88 @@ rule index:
         flags=INDEX_FLAGS,
     shell:
         "python -m marseval index --out {output} {params.flags} {input} > {log} 2>&1"
+
+
+rule shard_index:
+    """The FAISS index of one embedding shard (sharded layout; exact needs none)."""
+    input:
+        f"{RESULTS}/retrieval/embeddings/{{dataset}}/{{model}}/shard{{shard}}",
+    output:
+        directory(
+            f"{RESULTS}/retrieval/shard_index/{{dataset}}/{{model}}/{{tag}}/shard{{shard}}"
+        ),
+    log:
+        f"{LOGS}/shard_index/{{dataset}}/{{model}}/{{tag}}/shard{{shard}}.log",
+    benchmark:
+        f"{BENCHMARKS}/shard_index/{{dataset}}/{{model}}/{{tag}}/shard{{shard}}.tsv"
+    conda:
+        "../../envs/retrieval.yaml"
+    threads: JOBS.threads("shard_index")
+    resources:
+        gpu=JOBS.gpus("shard_index"),
+        mem_mb=JOBS.mem_mb("shard_index"),
+        runtime=JOBS.runtime("shard_index"),
+    params:
+        flags=INDEX_FLAGS,
+    shell:
+        "python -m marseval shard-index --shard {input} --out {output} {params.flags}"
+        " > {log} 2>&1"
+
+
+rule search:
+    """Every query of a task against one embedding shard: its top K (sharded layout)."""
+    input:
+        unpack(search_inputs(config)),
+    output:
+        f"{RESULTS}/retrieval/search/{{dataset}}/{{model}}/{{tag}}/shard{{shard}}.npz",
+    log:
+        f"{LOGS}/search/{{dataset}}/{{model}}/{{tag}}/shard{{shard}}.log",
+    benchmark:
+        f"{BENCHMARKS}/search/{{dataset}}/{{model}}/{{tag}}/shard{{shard}}.tsv"
+    conda:
+        "../../envs/retrieval.yaml"
+    threads: JOBS.threads("search")
+    resources:
+        gpu=JOBS.gpus("search"),
+        mem_mb=JOBS.mem_mb("search"),
+        runtime=JOBS.runtime("search"),
+    params:
+        index=lambda wildcards, input: (
+            f"--index {input.index}" if "index" in input.keys() else ""
+        ),
+        top_k=lambda wildcards: search_top_k(config, wildcards.dataset),
+        flags=INDEX_FLAGS,
+    shell:
+        "python -m marseval search --shard {input.shard} --queries {input.queries}"
+        " {params.index} --top-k {params.top_k} {params.flags} --out {output} > {log} 2>&1"
+
+
+rule rankings:
+    """Merge the shards' search results into each query's global top K (sharded layout)."""
+    input:
+        results=lambda wildcards: search_results(
+            config, wildcards.dataset, wildcards.model
+        ),
+        shards=lambda wildcards: embedding_shards(
+            config, wildcards.dataset, wildcards.model
+        ),
+    output:
+        directory(f"{RESULTS}/retrieval/rankings/{{dataset}}/{{model}}/{{tag}}"),
+    log:
+        f"{LOGS}/rankings/{{dataset}}/{{model}}/{{tag}}.log",
+    benchmark:
+        f"{BENCHMARKS}/rankings/{{dataset}}/{{model}}/{{tag}}.tsv"
+    conda:
+        "../../envs/retrieval.yaml"
+    threads: JOBS.threads("rankings")
+    resources:
+        mem_mb=JOBS.mem_mb("rankings"),
+        runtime=JOBS.runtime("rankings"),
+    params:
+        top_k=lambda wildcards: search_top_k(config, wildcards.dataset),
+    shell:
+        "python -m marseval rankings --top-k {params.top_k} --results {input.results}"
+        " --shards {input.shards} --out {output} > {log} 2>&1"
 
 
 rule queries:
@@ -81,7 +167,7 @@ rule queries:
 
 
 rule evaluate:
-    """Search the index with a task's queries and score the rankings."""
+    """Score one model on one task from its rankings (or its merged index and queries)."""
     input:
         unpack(evaluate_inputs(config)),
     output:
@@ -99,14 +185,11 @@ rule evaluate:
         runtime=JOBS.runtime("evaluate"),
     params:
         model=lambda wildcards: RETRIEVAL_MODELS[wildcards.model],
-        queries=lambda wildcards, input: (
-            f"--queries {input.queries}" if "queries" in input.keys() else ""
-        ),
+        sources=lambda wildcards, input: evaluate_source_flags(input),
         flags=EVALUATE_FLAGS,
     shell:
-        "python -m marseval evaluate --dataset-dir {input.data} --index {input.index}"
-        " --model {params.model:q} {params.queries} {params.flags} --out {output}"
-        " > {log} 2>&1"
+        "python -m marseval evaluate --dataset-dir {input.data} {params.sources}"
+        " --model {params.model:q} {params.flags} --out {output} > {log} 2>&1"
 
 
 rule retrieval_report:
