@@ -9,7 +9,7 @@ UV_VERSION := 0.13.9
 UV := VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/uv
 SNAKEMAKE_ARGS ?=
 
-.PHONY: run test install lock lock-envs lint clean
+.PHONY: run test install faiss-gpu faiss-cpu lock lock-envs lint clean
 
 install: $(INSTALLED)
 
@@ -28,6 +28,18 @@ $(INSTALLED): pyproject.toml requirements.lock
 	$(UV) pip install --quiet --no-deps --compile-bytecode -r requirements.lock
 	$(UV) pip install --quiet --no-deps -e .
 	touch $@
+
+# The GPU build of faiss in .venv in place of faiss-cpu (README, "FAISS on GPUs"): the two
+# install the same `faiss` module, so one goes before the other comes; `make faiss-cpu` undoes
+# it. The pins are FAISS_GPU of envs/lock.py (envs/gpu/faiss.yaml, the rules' conda env).
+faiss-gpu: $(INSTALLED)
+	$(UV) pip uninstall --quiet faiss-cpu
+	$(UV) pip install --quiet --no-deps $$($(BIN)/python -c \
+		"import runpy; print(' '.join(runpy.run_path('envs/lock.py')['FAISS_GPU']))")
+
+faiss-cpu: $(INSTALLED)
+	$(UV) pip uninstall --quiet faiss-gpu-cu12
+	$(UV) pip install --quiet --no-deps $$(grep -i '^faiss-cpu==' requirements.lock)
 
 # Re-resolve from pyproject.toml in a fresh temporary venv: writes requirements.lock and the
 # per-rule conda envs (envs/*.yaml) from it. Commit all five files together.

@@ -90,6 +90,19 @@ DIRECT: dict[str, tuple[str, ...]] = {
     ),
 }
 
+# The FAISS GPU wheel for the index, shard_index and search rules where retrieval.index_gpu
+# is not "no" (envs/gpu/faiss.yaml): the data env (no torch, whose CUDA 13 libraries would
+# clash with the wheel's CUDA 12) plus these pins. Not in the lock: faiss-gpu-cu12 and
+# faiss-cpu install the same `faiss` module. Checked on a CPU-only machine (no GPU seen:
+# it searches on the CPU); the wheel is built for compute capability 7.0-8.9 (README).
+FAISS_GPU = (
+    "faiss-gpu-cu12==1.14.1.post1",
+    "nvidia-cublas-cu12==12.9.3.13",
+    "nvidia-cuda-nvrtc-cu12==12.9.86",
+    "nvidia-cuda-runtime-cu12==12.9.79",
+)
+FAISS_GPU_ENV = ENVS / "gpu" / "faiss.yaml"
+
 GENERATED = "# Generated from requirements.lock"
 OLD_NOTE = "# Pins repeat pyproject.toml"
 
@@ -253,6 +266,26 @@ def write_envs(lock: Path = LOCK) -> None:
             f"{path.relative_to(REPO)}: {len(first)} direct, {len(rest)} dependencies",
             file=sys.stderr,
         )
+        if env == "data":
+            write_faiss_gpu_env(lines)
+
+
+def write_faiss_gpu_env(data_lines: list[str]) -> None:
+    """envs/gpu/faiss.yaml: the data env's pins and FAISS_GPU."""
+    body = data_lines[data_lines.index("name: marseval-data") + 1:]
+    lines = [
+        "# FAISS on GPUs: the index, shard_index and search rules with retrieval.index_gpu: auto",
+        "# or yes. The data env's pins (no torch) and faiss-gpu-cu12 with its CUDA 12 libraries",
+        "# (FAISS_GPU in envs/lock.py).",
+        f"{GENERATED} by `make lock` (or `make lock-envs`); do not edit the pins by hand.",
+        "name: marseval-faiss-gpu",
+        *body,
+        "      # the GPU build of faiss",
+        *(f'      - "{pin}"' for pin in FAISS_GPU),
+    ]
+    FAISS_GPU_ENV.parent.mkdir(exist_ok=True)
+    FAISS_GPU_ENV.write_text("\n".join(lines) + "\n")
+    print(f"{FAISS_GPU_ENV.relative_to(REPO)}: data env + {len(FAISS_GPU)}", file=sys.stderr)
 
 
 def lock(python: str, keep: bool) -> None:

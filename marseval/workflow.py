@@ -564,6 +564,14 @@ def embed_flags(config: dict[str, Any]) -> str:
                      *_encoder_job_flags(config)])
 
 
+def faiss_env(config: dict[str, Any]) -> str:
+    """The conda env of the FAISS rules (relative to workflow/rules/): the GPU build of faiss
+    where retrieval.index_gpu asks for the GPU, else the retrieval env's faiss-cpu."""
+    if config["retrieval"]["index_gpu"] == "no":
+        return "../../envs/retrieval.yaml"
+    return "../../envs/gpu/faiss.yaml"
+
+
 def index_flags(config: dict[str, Any]) -> str:
     """The index settings and GPU choice of the index, shard_index and search commands."""
     return f"{index_params(config).flags()} --use-gpu {config['retrieval']['index_gpu']}"

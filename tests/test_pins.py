@@ -22,6 +22,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
+from marseval.workflow import faiss_env
+
 REPO = Path(__file__).resolve().parents[1]
 ENVS = sorted((REPO / "envs").glob("*.yaml"))
 LOCK = REPO / "requirements.lock"
@@ -72,13 +74,20 @@ def env_pins(env: Path) -> dict[str, Version]:
     return pins
 
 
-def direct_requirements() -> dict[str, tuple[str, ...]]:
-    """Each env's direct requirements, as envs/lock.py (the generator) declares them."""
+@cache
+def lock_module():
+    """envs/lock.py, the generator of the env files."""
     spec = importlib.util.spec_from_file_location("envs_lock", REPO / "envs" / "lock.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return {env: tuple(canonicalize_name(n) for n in names) for env, names in module.DIRECT.items()}
+    return module
+
+
+def direct_requirements() -> dict[str, tuple[str, ...]]:
+    """Each env's direct requirements, as envs/lock.py (the generator) declares them."""
+    return {env: tuple(canonicalize_name(n) for n in names)
+            for env, names in lock_module().DIRECT.items()}
 
 
 @cache
@@ -201,7 +210,20 @@ def test_every_rule_names_an_existing_env() -> None:
         text = path.read_text()
         # rules that run a command; target-only rules (inputs alone) need no env
         count = len(re.findall(r"^\s*shell:", text, re.M))
-        envs = re.findall(r'conda:\n\s+"([^"]+)"', text)
+        envs = re.findall(r'conda:\n\s+(\S.*)', text)
         assert len(envs) == count, f"{path.name}: {count} commands but {len(envs)} conda envs"
         for env in envs:
-            assert (path.parent / env).resolve().is_file(), f"{path.name}: missing {env}"
+            # a literal path, or the FAISS rules' choice by retrieval.index_gpu
+            choices = [env.strip('"')] if env.startswith('"') else [
+                faiss_env({"retrieval": {"index_gpu": value}}) for value in ("no", "auto")]
+            assert env.startswith('"') or env == "faiss_env(config)", f"{path.name}: {env}"
+            for choice in choices:
+                assert (path.parent / choice).resolve().is_file(), f"{path.name}: {choice}"
+
+
+def test_the_faiss_gpu_env_is_the_data_env_plus_the_gpu_wheel() -> None:
+    data, gpu = env_pins(REPO / "envs/data.yaml"), env_pins(REPO / "envs/gpu/faiss.yaml")
+    extra = {canonicalize_name(Requirement(pin).name): Version(pin.split("==")[1])
+             for pin in lock_module().FAISS_GPU}
+    assert gpu == {**data, **extra} and "faiss-cpu" not in gpu and "torch" not in gpu
+    assert faiss_env({"retrieval": {"index_gpu": "yes"}}) == "../../envs/gpu/faiss.yaml"

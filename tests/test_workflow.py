@@ -187,6 +187,17 @@ def test_the_paper_is_what_users_type_plans(tmp_path: Path, workflow_env: dict[s
     geo_embed = [j for j in planned_jobs(output, "embed") if "geolocalization" in j["wildcards"]]
     assert all("--shard 0 --shards 1 --cells results/paper/retrieval/cells/group" in j["command"]
                for j in geo_embed)
+    # the sharded layout: each cell group searched on its own for the top 20,000, then merged;
+    # landform retrieval ranks the whole database
+    searches = planned_jobs(output, "search")
+    geo_search = [j for j in searches if "geolocalization" in j["wildcards"]]
+    assert len(geo_search) == RETRIEVAL_MODELS * CTX_GROUPS
+    assert all("--top-k 20000 --kind exact" in j["command"] and "--index" not in j["command"]
+               for j in geo_search)
+    assert all("--top-k all" in j["command"] for j in searches if j not in geo_search)
+    merges = planned_jobs(output, "rankings")
+    assert sum("--top-k 20000" in j["command"] for j in merges) == RETRIEVAL_MODELS
+    assert all(int(pairs(j["resources"])["mem_mb"]) < 16000 for j in searches + merges)
 
 
 def test_a_users_config_inherits_nothing(tmp_path: Path, workflow_env: dict[str, str]) -> None:

@@ -34,6 +34,7 @@ from marseval.workflow import (
     evaluate_flags,
     evaluate_inputs,
     evaluate_source_flags,
+    faiss_env,
     search_inputs,
     search_results,
     search_top_k,

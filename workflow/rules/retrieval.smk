@@ -47,7 +47,7 @@ rule index:
     benchmark:
         f"{BENCHMARKS}/index/{{dataset}}/{{model}}/{{tag}}.tsv"
     conda:
-        "../../envs/retrieval.yaml"
+        faiss_env(config)
     threads: JOBS.threads("index")
     resources:
         gpu=JOBS.gpus("index"),
@@ -72,7 +72,7 @@ rule shard_index:
     benchmark:
         f"{BENCHMARKS}/shard_index/{{dataset}}/{{model}}/{{tag}}/shard{{shard}}.tsv"
     conda:
-        "../../envs/retrieval.yaml"
+        faiss_env(config)
     threads: JOBS.threads("shard_index")
     resources:
         gpu=JOBS.gpus("shard_index"),
@@ -96,7 +96,7 @@ rule search:
     benchmark:
         f"{BENCHMARKS}/search/{{dataset}}/{{model}}/{{tag}}/shard{{shard}}.tsv"
     conda:
-        "../../envs/retrieval.yaml"
+        faiss_env(config)
     threads: JOBS.threads("search")
     resources:
         gpu=JOBS.gpus("search"),
