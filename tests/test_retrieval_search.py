@@ -98,7 +98,8 @@ def test_rankings_folder_round_trip(tmp_path):
     read = read_rankings(write_rankings(merged, tmp_path / "rankings"))
     assert read.k == 7 and read.classes == ["a", "b", "c"] and read.ntotal == 30
     assert np.array_equal(read.results["text"][1], merged.results["text"][1])
-    assert read.info["shards"][1] == {"path": str(shards[1]), "n": 20, "offset": 10}
+    assert read.info["shards"][1] == {"path": str(shards[1]), "n": 20, "offset": 10,
+                                      "kind": "exact", "recall_at_10_vs_exact": 1.0}
 
 
 @pytest.mark.parametrize("kind", ["ivf", "hnsw", "ivfpq"])
@@ -114,6 +115,9 @@ def test_approximate_shard_indexes_record_recall_and_merge(tmp_path, kind):
     assert info["kind"] == kind and info["database"]["n"] == 700
     assert 0 <= info["recall_at_10_vs_exact"] <= 1 and info["recall_queries"] == 50
     assert info["requested"] == {"kind": kind, **params.used()}
+    assert merged.info["kinds"] == [kind] and merged.info["min_recall_at_10_vs_exact"] == min(
+        json.loads((tmp_path / f"index{i}/index.json").read_text())["recall_at_10_vs_exact"]
+        for i in (0, 1))
     # every row is its own best match; all lists probed (nprobe = nlist): IVF is exact
     assert (merged.results["text"][1][:, 0] == np.arange(20)).all()
     truth = np.argsort(-(x[:20] @ x.T), axis=1, kind="stable")[:, :10]

@@ -28,6 +28,7 @@ from conftest import (
 )
 
 from marseval.retrieval.ctx.plan import group_ids
+from marseval.workflow import index_params
 
 pytestmark = pytest.mark.workflow  # `pytest -m "not workflow and not cluster"`: the fast loop
 
@@ -240,7 +241,8 @@ def result_files(workdir: Path) -> dict[str, bytes]:
     found = [*results.glob("**/*.csv"), *results.glob("report/*/normalizer.json"),
              *results.glob("retrieval/eval/*/*/metrics.json"), *results.glob("tune/*/*/best.json"),
              *results.glob("features/*/*/*.npy"), *results.glob("retrieval/*/*/*/*.npy"),
-             *results.glob("retrieval/embeddings/*/*/*/*.npy")]
+             *results.glob("retrieval/embeddings/*/*/*/*.npy"),
+             *results.glob("retrieval/rankings/*/*/*/*.npy")]
     files = {str(p.relative_to(workdir)): p.read_bytes() for p in found
              if "logs" not in p.parts and p.name != "job_usage.csv"}
     for record in results.glob("runs/*/*/*/seed*.json"):  # a run record less its timings
@@ -250,7 +252,8 @@ def result_files(workdir: Path) -> dict[str, bytes]:
     for shard in results.glob("tune/*/*/shard*.parquet"):  # trials less their seconds
         trials = pd.read_parquet(shard).drop(columns="seconds")
         files[str(shard.relative_to(workdir))] = trials.to_csv(index=False).encode()
-    for path in results.glob("retrieval/queries/*/*.npz"):
+    for path in [*results.glob("retrieval/queries/*/*.npz"),
+                 *results.glob("retrieval/search/*/*/*/*.npz")]:
         with np.load(path) as arrays:
             files[str(path.relative_to(workdir))] = b"".join(
                 name.encode() + arrays[name].tobytes() for name in sorted(arrays.files))
@@ -271,6 +274,8 @@ def assert_same_results(first: Path, second: Path) -> None:
 
 
 EMBEDDED_CTX_GROUPS = group_ids(validated_file(REPO / "config/embedded.yaml"))
+# index: auto (exact at this size), so the shard_index jobs run; their folders carry its tag
+EMBEDDED_TAG = index_params(validated_file(REPO / "config/embedded.yaml")).tag()
 # The rerun of the determinism and resume tests: one job of every rule (job_usage aside: its
 # table is timings), each chosen so that nothing its inputs need reruns, on a copy of the
 # embedded default's results. Each target is deleted, then made again by `snakemake TARGETS`.
@@ -289,8 +294,9 @@ RERUN_TARGETS = (
     f"resources/ctx/synthetic/group{EMBEDDED_CTX_GROUPS[1]}",  # ctx_download
     f"results/retrieval/cells/group{EMBEDDED_CTX_GROUPS[1]}",  # ctx_cells
     "results/retrieval/embeddings/mr-landforms/tiny-clip/shard1",  # embed
-    "results/retrieval/search/mr-landforms/tiny-clip/exact/shard1.npz",  # search
-    "results/retrieval/rankings/mr-geolocalization/tiny-clip/exact",  # rankings
+    f"results/retrieval/shard_index/mr-geolocalization/tiny-clip/{EMBEDDED_TAG}/shard2",
+    f"results/retrieval/search/mr-landforms/tiny-clip/{EMBEDDED_TAG}/shard1.npz",  # search
+    f"results/retrieval/rankings/mr-geolocalization/tiny-clip/{EMBEDDED_TAG}",  # rankings
     "results/retrieval/queries/mr-geolocalization/tiny-clip.npz",  # queries
     "results/retrieval/eval/mr-vl_pairs/tiny-clip",  # evaluate
     "results/retrieval/report/paired",  # retrieval_report
@@ -417,7 +423,8 @@ def test_embedded_default_runs_end_to_end(embedded_default) -> None:
         assert set(dense["partition name"]) == {"default", "0.5"}
         assert dense["test metric"].between(0, 1).all()
     # every heavy job left a benchmark file, named as its log
-    for rule in ("features", "tune", "train", "embed", "search", "queries", "evaluate"):
+    for rule in ("features", "tune", "train", "embed", "shard_index", "search", "queries",
+                 "evaluate"):
         logs = {p.relative_to(tmp_path / "results/logs").with_suffix("")
                 for p in (tmp_path / "results/logs" / rule).rglob("*.log")}
         tsvs = {p.relative_to(tmp_path / "results/benchmarks").with_suffix("")
@@ -514,7 +521,8 @@ def test_embedded_default_builds_the_geo_database_through_the_ctx_chain(
     assert len(cells) == 200 * 4 and cells["id"].is_unique  # 2-degree cells
     assert cells["id"].tolist() == [cell_name(a, b, 2.0)
                                     for a, b in zip(cells.lon_min, cells.lat_min, strict=True)]
-    rankings = tmp_path / "results/retrieval/rankings/mr-geolocalization/tiny-clip/exact"
+    rankings = (tmp_path / "results/retrieval/rankings/mr-geolocalization/tiny-clip"
+                / EMBEDDED_TAG)
     merged_ids = pd.read_parquet(rankings / "ids.parquet")
     assert merged_ids["id"].tolist() == cells["id"].tolist()  # shards merged in group order
     metrics = json.loads((tmp_path / "results/retrieval/eval/mr-geolocalization/tiny-clip"

@@ -60,7 +60,9 @@ def evaluate(dataset_dir: Path, index_dir: Path | None, out: Path, *, model: str
         else:
             k = None if task == "landform" else geo.top_k
             rankings = _rankings(index_dir, rankings_dir, queries_path, k, model, task)
-            record.update(database_size=rankings.ntotal, embedding_dim=rankings.dim)
+            record.update(database_size=rankings.ntotal, embedding_dim=rankings.dim,
+                          index_kinds=rankings.info["kinds"],
+                          index_recall_at_10=rankings.info["min_recall_at_10_vs_exact"])
             if task == "landform":
                 record.update(_landform(rankings, tmp))
             else:

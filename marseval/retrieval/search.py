@@ -8,10 +8,12 @@ global position, i.e. database order) and each shard returns its own top K in th
 
 A search result file (`search_shard`, .npz): for each query mode `<mode>_scores` (Q, k) and
 `<mode>_positions` (Q, k, rows of the shard), and `modes`, `classes`, `n`, `dim`, `dtype`, `k`
-(the shard's: min(top K, n)), `kind`.
+(the shard's: min(top K, n)), `kind` and the shard index's `recall_at_10_vs_exact` (1 for
+exact).
 
 A rankings folder (`merge_rankings`, `write_rankings`):
-    rankings.json   modes, classes, k, ntotal, dim, kinds, shards [{path, n, offset}]
+    rankings.json   modes, classes, k, ntotal, dim, kinds, min_recall_at_10_vs_exact,
+                    shards [{path, n, offset, kind, recall_at_10_vs_exact}]
     <mode>_scores.npy, <mode>_positions.npy   (Q, k), positions are rows of ids.parquet
     ids.parquet     the shards' ids in shard order
 """
@@ -94,7 +96,8 @@ def search_shard(shard_dir: Path, queries_path: Path, out: Path, *, params: Inde
     arrays = {f"{mode}_{part}": values for mode, pair in results.items()
               for part, values in zip(("scores", "positions"), pair, strict=True)}
     record = {"modes": list(results), "classes": classes, "n": meta["n"], "dim": meta["dim"],
-              "dtype": meta["dtype"], "k": k, "kind": index.info["kind"]}
+              "dtype": meta["dtype"], "k": k, "kind": index.info["kind"],
+              "recall_at_10_vs_exact": index.info.get("recall_at_10_vs_exact", 1.0)}
     with atomic_writer(out) as stream:
         np.savez(stream, **arrays, **{name: np.asarray(value) for name, value in record.items()})
     return record
@@ -106,6 +109,7 @@ def _read_result(path: Path) -> tuple[dict[str, Any], Results]:
             modes = [str(m) for m in data["modes"]]
             record = {"modes": modes, "classes": [str(c) for c in data["classes"]],
                       "kind": str(data["kind"]),
+                      "recall_at_10_vs_exact": float(data["recall_at_10_vs_exact"]),
                       **{key: int(data[key]) for key in ("n", "dim", "k")},
                       "dtype": str(data["dtype"])}
             results = {m: (data[f"{m}_scores"], data[f"{m}_positions"]) for m in modes}
@@ -161,7 +165,9 @@ def merge_rankings(result_paths: list[Path], shard_dirs: list[Path],
         for mode, (scores, positions) in results.items():
             shifted = np.where(positions >= 0, positions + offset, -1)
             merged[mode] = _merge_top(merged.get(mode), scores, shifted, k)
-        shards.append({"path": str(shard_dir), "n": meta["n"], "offset": offset})
+        shards.append({"path": str(shard_dir), "n": meta["n"], "offset": offset,
+                       "kind": record["kind"],
+                       "recall_at_10_vs_exact": record["recall_at_10_vs_exact"]})
         offset += meta["n"]
     _check_same("query modes", {p: r["modes"] for p, r in records.items()}, "search result")
     _check_same("query classes", {p: r["classes"] for p, r in records.items()}, "search result")
@@ -169,6 +175,7 @@ def merge_rankings(result_paths: list[Path], shard_dirs: list[Path],
     first = next(iter(records.values()))
     info = {"modes": first["modes"], "classes": first["classes"], "k": k, "ntotal": ntotal,
             "dim": first["dim"], "kinds": sorted({r["kind"] for r in records.values()}),
+            "min_recall_at_10_vs_exact": min(s["recall_at_10_vs_exact"] for s in shards),
             "shards": shards}
     return Rankings({m: r for m, r in merged.items() if r is not None}, first["classes"], ids,
                     first["dim"], k, info)
@@ -219,7 +226,9 @@ def rankings_of_index(index: SearchIndex, queries_path: Path, top_k: int | None)
     """The rankings of the merged layout: the queries searched in one index in-process."""
     queries, classes = read_queries(Path(queries_path))
     k = index.ntotal if top_k is None else min(top_k, index.ntotal)
+    recall = index.info.get("recall_at_10_vs_exact", 1.0)
     info = {"modes": list(queries), "classes": classes, "k": k, "ntotal": index.ntotal,
-            "dim": index.dim, "kinds": [index.info["kind"]],
-            "shards": [{"path": str(index.index_dir), "n": index.ntotal, "offset": 0}]}
+            "dim": index.dim, "kinds": [index.info["kind"]], "min_recall_at_10_vs_exact": recall,
+            "shards": [{"path": str(index.index_dir), "n": index.ntotal, "offset": 0,
+                        "kind": index.info["kind"], "recall_at_10_vs_exact": recall}]}
     return Rankings(search_all(index, queries, top_k), classes, index.ids, index.dim, k, info)
