@@ -357,20 +357,6 @@ def recall_at_k(approximate: np.ndarray, exact: np.ndarray, k: int = 10) -> floa
     return float(np.mean(hits) / k)
 
 
-def _measure_recall(index: Any, embeddings: np.ndarray, queries: int, seed: int,
-                    gpu: bool) -> tuple[float, int]:
-    """recall@10 of `index` against exact search, database vectors as queries."""
-    n = len(embeddings)
-    rng = np.random.default_rng([seed, 1])  # independent of the IVF training sample
-    rows = np.sort(rng.choice(n, min(queries, n), replace=False))
-    sample = np.ascontiguousarray(embeddings[rows])
-    k = min(10, n)
-    exact, _ = make_index(embeddings, "exact", gpu=gpu)
-    _, truth = exact.search(sample, k)
-    _, found = index.search(sample, k)
-    return recall_at_k(found, truth, k), len(rows)
-
-
 def _build(embeddings: np.ndarray, params: IndexParams, use_gpu: str,
            recall_queries: int) -> tuple[Any, dict[str, Any]]:
     """The CPU faiss index of `params` (kind resolved by size) over `embeddings` and the
