@@ -225,3 +225,29 @@ def test_rankings_shorter_than_the_evaluation_needs_are_refused(tmp_path):
                                             r"needs 5"):
         _rankings(None, rankings, None, 5, "m", "geolocalization")
     assert _rankings(None, rankings, None, 3, "m", "geolocalization").k == 3
+
+
+def test_an_exact_search_goes_deeper_only_while_the_kth_score_is_tied(tmp_path, monkeypatch):
+    depths = []
+    original = vi.SearchIndex._search
+
+    def spy(self, queries, k):
+        depths.append(k)
+        return original(self, queries, k)
+
+    monkeypatch.setattr(vi.SearchIndex, "_search", spy)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((500, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    untied = write_shards(tmp_path / "untied", x, [500])
+    vi.SearchIndex.from_vectors(untied[0], {"kind": "exact", "dim": 16, "ntotal": 500},
+                                "no").search(x[:3], 10)
+    assert depths == [11]  # no tie: one row deeper than asked
+    depths.clear()
+    rows, query = dyadic_rows(500, 16, 0, patterns=4), dyadic_rows(1, 16, 0, patterns=4)
+    tied = write_shards(tmp_path / "tied", rows, [500])
+    found = vi.SearchIndex.from_vectors(tied[0], {"kind": "exact", "dim": 16, "ntotal": 500},
+                                        "no").search(query, 10)
+    assert depths[0] == 11 and len(depths) > 1  # ~125 copies of each row tie: deeper
+    oracle = np.argsort(-(query @ rows.T)[0], kind="stable")[:10]  # the lowest tied rows
+    assert found[1][0].tolist() == oracle.tolist()

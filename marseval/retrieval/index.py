@@ -541,12 +541,13 @@ class SearchIndex:
         k = min(k, self.ntotal)
         if len(queries) == 0:
             return np.empty((0, k), np.float32), np.empty((0, k), np.int64)
-        wanted = min(k * self.refine, self.ntotal)
+        exact = self.info["kind"] == "exact"
+        # faiss keeps an arbitrary subset of the rows tied at the k-th score: an exact search
+        # goes one deeper, and deeper still while the last result ties with the k-th, until
+        # every tied row is in and order_results decides (ties by the lower position)
+        wanted = min(k + 1 if exact else k * self.refine, self.ntotal)
         scores, positions = self._search(queries, wanted)
-        # faiss keeps an arbitrary subset of the rows tied at the k-th score: search deeper
-        # until every tied row is in, so order_results decides (ties by the lower position)
-        while (self.info["kind"] == "exact" and wanted < self.ntotal
-               and (scores[:, -1] == scores[:, k - 1]).any()):
+        while exact and wanted < self.ntotal and (scores[:, -1] == scores[:, k - 1]).any():
             wanted = min(2 * wanted, self.ntotal)
             scores, positions = self._search(queries, wanted)
         if self.refine > 1:
