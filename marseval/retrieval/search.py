@@ -126,14 +126,26 @@ def _check_same(name: str, values: dict[Path, Any], what: str) -> None:
                                      f"{first!r}")
 
 
-def _merge_top(current: tuple[np.ndarray, np.ndarray] | None, scores: np.ndarray,
-               positions: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The top k of the running result and one more shard's (global positions)."""
-    if current is not None:
-        scores = np.concatenate([current[0], scores], axis=1)
-        positions = np.concatenate([current[1], positions], axis=1)
-    scores, positions = order_results(scores, positions)
-    return scores[:, :k], positions[:, :k]
+class TopK:
+    """The running top k of each query over shards' results (global positions): results wait
+    until they hold 4 k columns, then one sort keeps the best k, so the merge holds at most
+    about 5 k columns a query and sorts each result about once."""
+
+    def __init__(self, k: int) -> None:
+        self.k, self.parts, self.columns = k, [], 0
+
+    def add(self, scores: np.ndarray, positions: np.ndarray) -> None:
+        self.parts.append((scores, positions))
+        self.columns += scores.shape[1]
+        if self.columns > 4 * self.k and len(self.parts) > 1:
+            self.parts = [self.result()]
+            self.columns = self.parts[0][0].shape[1]
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        scores = np.concatenate([p[0] for p in self.parts], axis=1)
+        positions = np.concatenate([p[1] for p in self.parts], axis=1)
+        scores, positions = order_results(scores, positions)
+        return scores[:, : self.k], positions[:, : self.k]
 
 
 def merge_rankings(result_paths: list[Path], shard_dirs: list[Path],
@@ -147,7 +159,7 @@ def merge_rankings(result_paths: list[Path], shard_dirs: list[Path],
     _check_same("dtype", {d: m["dtype"] for d, m in metas.items()}, "shard")
     ntotal = sum(m["n"] for m in metas.values())
     k = ntotal if top_k is None else min(top_k, ntotal)
-    merged: dict[str, tuple[np.ndarray, np.ndarray] | None] = {}
+    merged: dict[str, TopK] = {}
     records, shards, offset = {}, [], 0
     for path, shard_dir in zip(map(Path, result_paths), map(Path, shard_dirs), strict=True):
         record, results = _read_result(path)
@@ -164,7 +176,7 @@ def merge_rankings(result_paths: list[Path], shard_dirs: list[Path],
         records[path] = record
         for mode, (scores, positions) in results.items():
             shifted = np.where(positions >= 0, positions + offset, -1)
-            merged[mode] = _merge_top(merged.get(mode), scores, shifted, k)
+            merged.setdefault(mode, TopK(k)).add(scores, shifted)
         shards.append({"path": str(shard_dir), "n": meta["n"], "offset": offset,
                        "kind": record["kind"],
                        "recall_at_10_vs_exact": record["recall_at_10_vs_exact"]})
@@ -177,8 +189,8 @@ def merge_rankings(result_paths: list[Path], shard_dirs: list[Path],
             "dim": first["dim"], "kinds": sorted({r["kind"] for r in records.values()}),
             "min_recall_at_10_vs_exact": min(s["recall_at_10_vs_exact"] for s in shards),
             "shards": shards}
-    return Rankings({m: r for m, r in merged.items() if r is not None}, first["classes"], ids,
-                    first["dim"], k, info)
+    return Rankings({mode: top.result() for mode, top in merged.items()}, first["classes"],
+                    ids, first["dim"], k, info)
 
 
 def _concatenated_ids(shard_dirs: list[Path]) -> pd.DataFrame:
