@@ -583,6 +583,36 @@ def evaluate_step(check: Check) -> dict[str, Any]:
             "database_size": metrics["database_size"], "applicable": metrics["applicable"]}
 
 
+def search_step(check: Check) -> dict[str, Any]:
+    """The sharded layout's search job of the embedding shard (the whole database ranked for
+    each text query, as landform retrieval asks), with the flags its rule builds: on the GPU
+    where the GPU build of faiss is installed and sees one (`index_gpu: auto`)."""
+    import numpy as np
+
+    task = "retrieval"
+    out = check.out("retrieval/search", task, ".npz")
+    argv = ["search", "--shard", str(check.out("retrieval/embeddings", task) / "shard0"),
+            "--queries", str(check.out("retrieval/queries", task, ".npz")), "--top-k", "all",
+            *shlex.split(wf.index_flags(check.config)), "--out", str(out)]
+    job = run_marseval(check, "search:retrieval", argv)
+    with np.load(out) as record:
+        devices, rows = [str(d) for d in record["devices"]], int(record["n"])
+    return {**job.fields(), "devices": devices, "rows": rows,
+            "faiss_gpu": faiss_gpu_missing(check.device) or "used where k <= 2,048"}
+
+
+def rankings_step(check: Check) -> dict[str, Any]:
+    """The merge of the search results into the global ranking (one shard here)."""
+    task = "retrieval"
+    out = check.out("retrieval/rankings", task)
+    argv = ["rankings", "--top-k", "all", "--results",
+            str(check.out("retrieval/search", task, ".npz")), "--shards",
+            str(check.out("retrieval/embeddings", task) / "shard0"), "--out", str(out)]
+    job = run_marseval(check, "rankings:retrieval", argv)
+    info = json.loads((out / "rankings.json").read_text())
+    return {**job.fields(), "k": info["k"], "rows": info["ntotal"]}
+
+
 def faiss_gpu_missing(device: str) -> str | None:
     """Why FAISS cannot run on a GPU here, or None when it can."""
     import faiss
@@ -736,6 +766,9 @@ def steps() -> list[Step]:
         Step("queries:retrieval", "retrieval", ("data:retrieval",), queries_step),
         Step("evaluate:retrieval", "retrieval", ("index:retrieval", "queries:retrieval"),
              evaluate_step),
+        Step("search:retrieval", "retrieval", ("embed:retrieval", "queries:retrieval"),
+             search_step),
+        Step("rankings:retrieval", "retrieval", ("search:retrieval",), rankings_step),
         Step("faiss_gpu:retrieval", "retrieval", ("embed:retrieval",), faiss_gpu_step),
     ]
     return listed

@@ -480,6 +480,7 @@ class SearchIndex:
         self.dim, self.ntotal = int(info["dim"]), int(info["ntotal"])
         self.refine = int(info.get("params", {}).get("refine") or 1)
         self._cpu, self._gpu, self._vectors = index, gpu_index, vectors
+        self.devices: set[str] = set()  # where searches ran (the GPU stops at GPU_MAX_K)
 
     @classmethod
     def load(cls, index_dir: Path, use_gpu: str = "auto", database_dir: Path | None = None,
@@ -556,8 +557,9 @@ class SearchIndex:
         return scores[:, :k], positions[:, :k]
 
     def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        index = self._gpu if self._gpu is not None and k <= GPU_MAX_K else self._cpu
-        scores, positions = index.search(queries, k)
+        on_gpu = self._gpu is not None and k <= GPU_MAX_K
+        self.devices.add("cuda" if on_gpu else "cpu")
+        scores, positions = (self._gpu if on_gpu else self._cpu).search(queries, k)
         return scores, positions.astype(np.int64, copy=False)
 
     def _rescore(self, queries: np.ndarray, positions: np.ndarray) -> np.ndarray:

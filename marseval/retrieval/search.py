@@ -8,8 +8,8 @@ global position, i.e. database order) and each shard returns its own top K in th
 
 A search result file (`search_shard`, .npz): for each query mode `<mode>_scores` (Q, k) and
 `<mode>_positions` (Q, k, rows of the shard), and `modes`, `classes`, `n`, `dim`, `dtype`, `k`
-(the shard's: min(top K, n)), `kind` and the shard index's `recall_at_10_vs_exact` (1 for
-exact).
+(the shard's: min(top K, n)), `kind`, the shard index's `recall_at_10_vs_exact` (1 for
+exact) and the `devices` the searches ran on.
 
 A rankings folder (`merge_rankings`, `write_rankings`):
     rankings.json   modes, classes, k, ntotal, dim, kinds, min_recall_at_10_vs_exact,
@@ -97,7 +97,8 @@ def search_shard(shard_dir: Path, queries_path: Path, out: Path, *, params: Inde
               for part, values in zip(("scores", "positions"), pair, strict=True)}
     record = {"modes": list(results), "classes": classes, "n": meta["n"], "dim": meta["dim"],
               "dtype": meta["dtype"], "k": k, "kind": index.info["kind"],
-              "recall_at_10_vs_exact": index.info.get("recall_at_10_vs_exact", 1.0)}
+              "recall_at_10_vs_exact": index.info.get("recall_at_10_vs_exact", 1.0),
+              "devices": sorted(index.devices)}
     with atomic_writer(out) as stream:
         np.savez(stream, **arrays, **{name: np.asarray(value) for name, value in record.items()})
     return record
