@@ -251,3 +251,22 @@ def test_an_exact_search_goes_deeper_only_while_the_kth_score_is_tied(tmp_path, 
     assert depths[0] == 11 and len(depths) > 1  # ~125 copies of each row tie: deeper
     oracle = np.argsort(-(query @ rows.T)[0], kind="stable")[:10]  # the lowest tied rows
     assert found[1][0].tolist() == oracle.tolist()
+
+
+def test_changed_index_settings_name_new_index_folders():
+    """An index built with other settings is never found again: its folder is the settings'."""
+    from types import SimpleNamespace
+
+    from marseval.workflow import search_inputs
+
+    def config(**retrieval):
+        return {"results": "r", "retrieval": {"index": "ivf", "nlist": None, "nprobe": 16,
+                                              **retrieval}}
+
+    wildcards = SimpleNamespace(dataset="mr-landforms", model="m", shard="3")
+    first = search_inputs(config())(wildcards)["index"]
+    assert first.startswith("r/retrieval/shard_index/mr-landforms/m/ivf-")
+    assert first.endswith("/shard3")
+    assert search_inputs(config(nprobe=64))(wildcards)["index"] != first
+    assert search_inputs(config(hnsw_m=8))(wildcards)["index"] == first  # unused by ivf
+    assert "index" not in search_inputs(config(index="exact"))(wildcards)
