@@ -105,6 +105,14 @@ def test_geo_jobs_are_sized_by_ctx_group() -> None:
     # 16,000 cells x 120 ms on 4 workers = 480 s: 5 + 2 x 8 minutes; 500 MB a worker
     assert sizer.threads("ctx_cells") == 4 and sizer.runtime_minutes("ctx_cells", group) == 21
     assert sizer.memory_mb("ctx_cells", group) == 4000 + 4 * 500
+    # sharded layout: a search job holds one group's vectors twice, 2 x 46.875 MB; the merge
+    # the ids of the 1.44 M cells, 1.44 M x 200 B (274.66 MB); a merged index the whole
+    # database twice, 2 x 1.44 M x 768 x 4 B (8437.5 MB)
+    assert sizer.memory_mb("search", wildcards) == 4094
+    assert sizer.memory_mb("rankings", wildcards) == 4275
+    assert sizer.memory_mb("index", wildcards) == 12438
+    # 5,000 queries x 16,000 cells x 768 x 2 FLOPs at 25 GFLOP/s = 4.9 s: the 10-minute floor
+    assert sizer.runtime_minutes("search", wildcards) == 10
     regional = validated({"datasets": ["mr-geolocalization"], "retrieval": {
         "tile_delta": 1.0, "ctx": {"region": [-40, -20, 40, 20], "tiles_per_group": 50}}})
     assert database_items(regional, "mr-geolocalization") == 200 * 16
