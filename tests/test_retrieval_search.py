@@ -270,3 +270,13 @@ def test_changed_index_settings_name_new_index_folders():
     assert search_inputs(config(nprobe=64))(wildcards)["index"] != first
     assert search_inputs(config(hnsw_m=8))(wildcards)["index"] == first  # unused by ivf
     assert "index" not in search_inputs(config(index="exact"))(wildcards)
+
+
+def test_an_empty_shard_contributes_nothing(tmp_path):
+    x, q = dyadic_rows(60, 8, 3), dyadic_rows(4, 8, 4)
+    queries = write_queries(tmp_path / "q.npz", {"text": q}, list("abcd"))
+    with_empty = sharded(tmp_path / "a", write_shards(tmp_path / "a", x, [0, 25, 0, 35]),
+                         queries, 12)
+    without = sharded(tmp_path / "b", write_shards(tmp_path / "b", x, [25, 35]), queries, 12)
+    assert np.array_equal(with_empty.results["text"][1], without.results["text"][1])
+    assert [s["offset"] for s in with_empty.info["shards"]] == [0, 0, 25, 25]
