@@ -280,3 +280,8 @@ def test_an_empty_shard_contributes_nothing(tmp_path):
     without = sharded(tmp_path / "b", write_shards(tmp_path / "b", x, [25, 35]), queries, 12)
     assert np.array_equal(with_empty.results["text"][1], without.results["text"][1])
     assert [s["offset"] for s in with_empty.info["shards"]] == [0, 0, 25, 25]
+    # an approximate kind: the empty shards get an index.json saying so, and search nothing
+    params = IndexParams(kind="hnsw")
+    hnsw = sharded(tmp_path / "c", write_shards(tmp_path / "c", x, [0, 60]), queries, 12, params)
+    assert json.loads((tmp_path / "c/index0/index.json").read_text())["ntotal"] == 0
+    assert hnsw.info["kinds"] == ["exact", "hnsw"] and hnsw.ntotal == 60

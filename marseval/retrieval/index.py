@@ -432,10 +432,13 @@ def build_shard_index(shard_dir: Path, out_dir: Path, params: IndexParams, *,
     index.json for exact. Returns its index.json."""
     shard_dir, out_dir = Path(shard_dir), Path(out_dir)
     embeddings, _, _ = read_shard(shard_dir)
-    if len(embeddings) == 0:
-        raise MarsevalError(f"shard {shard_dir} holds no embeddings: nothing to index")
     meta = read_json(shard_dir / "shard.json")
-    index, info = _build(np.ascontiguousarray(embeddings), params, use_gpu, recall_queries)
+    if len(embeddings) == 0:  # e.g. a cell group of empty cells dropped: nothing to search
+        index, info = None, {"kind": "exact", "requested": {"kind": params.kind,
+                                                            **params.used()},
+                             "dim": meta["dim"], "ntotal": 0, "params": {}}
+    else:
+        index, info = _build(np.ascontiguousarray(embeddings), params, use_gpu, recall_queries)
     info["database"] = {"path": str(shard_dir), "n": meta["n"], "dim": meta["dim"],
                         "dtype": meta["dtype"]}
     with atomic_directory(out_dir) as tmp:
