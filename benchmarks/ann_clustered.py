@@ -448,6 +448,10 @@ def break_even(build_s: float, qps: float, exact_qps: float) -> str:
     return f"{build_s / saved:,.0f}" if saved > 0 else "never"
 
 
+def rate(qps: float) -> str:
+    return f"{qps:,.0f}" if qps >= 10 else f"{qps:.1f}"
+
+
 def print_table(result: dict[str, Any]) -> None:
     ks, rows = result["ks"], result["rows"]
     exact = [r for r in rows if r["kind"] == "exact"]  # the fewest shards of the run
@@ -464,7 +468,7 @@ def print_table(result: dict[str, Any]) -> None:
         name = r["kind"] + (f", {r['setting']}" if r["setting"] else "")
         peak = r.get("build_peak_rss_bytes_max_shard")
         cells = [f"{r[f'k{k}']['recall']:.3f}" + ("" if k == ks[0] else
-                 f" ({r[f'k{k}']['queries_per_s']:,.0f})") for k in ks]
+                 f" ({rate(r[f'k{k}']['queries_per_s'])})") for k in ks]
         print(f"| {name} | {r['shards']} | {r['build_s']:.1f} | {r['bytes_total'] / 1e6:,.0f} "
               f"({r['bytes_max_shard'] / 1e6:,.0f}) | "
               f"{'-' if peak is None else f'{peak / 1e6:,.0f}'} | {qps:,.0f} | "
