@@ -1,9 +1,9 @@
 """The SLURM profile on a real single-node cluster (tests/support/slurm_cluster.py).
 
 A representative part of the embedded default, landform and paired retrieval (download,
-standardize, 4 embedding shards and a query job on GPUs, shard searches and their merge,
-evaluations, summaries), goes through `--profile profiles/slurm`: the results must be
-identical to those of the local run of the whole embedded default (the session's
+standardize, 4 embedding shards and a query job on GPUs, shard indexes, shard searches and
+their merge, evaluations, summaries), goes through `--profile profiles/slurm`: the results
+must be identical to those of the local run of the whole embedded default (the session's
 `embedded_default`), every GPU rule must have asked SLURM for one GPU, and at most two GPU
 jobs (the node's two GRES GPUs) may have run at once. CI installs slurm-wlm and munge
 (.ci/run); elsewhere the test skips with the reason.
@@ -31,8 +31,8 @@ CONFIG = ["--configfile", "config/embedded.yaml", "--config",
           "datasets=[mr-landforms,mr-vl_pairs]"]
 GPU_RULES = {"embed", "queries"}
 # threads of each rule (marseval.job_resources), which SLURM must get as --cpus-per-task
-THREADS = {"download": 1, "standardize": 1, "embed": 2, "search": 2, "rankings": 2,
-           "queries": 2, "evaluate": 2}
+THREADS = {"download": 1, "standardize": 1, "embed": 2, "shard_index": 2, "search": 2,
+           "rankings": 2, "queries": 2, "evaluate": 2}
 
 
 @pytest.fixture(scope="session")
@@ -84,8 +84,8 @@ def test_slurm_jobs_ask_for_their_resources(slurm_run: SlurmRun) -> None:
     rules = [_rule_of(j) for j in jobs]
     # the summaries are local rules: they run in the Snakemake process, not as sbatch jobs
     assert sorted(rules) == sorted(["download"] * 2 + ["standardize"] * 2 + ["embed"] * 4
-                                   + ["search"] * 2 + ["rankings", "queries", "evaluate",
-                                                       "evaluate"])
+                                   + ["shard_index"] * 2 + ["search"] * 2
+                                   + ["rankings", "queries", "evaluate", "evaluate"])
     assert all(j["JobState"] == "COMPLETED" for j in jobs)
     # each job asked for its rule's threads as CPUs, and for the computed runtime: on these
     # tiny synthetic sets every estimate is below job_resources.min_runtime (10 minutes)
