@@ -37,8 +37,8 @@ sys.path.insert(0, str(REPO))
 
 from record import machine, write_results  # noqa: E402  (benchmarks/ is on sys.path)
 
-from marseval.retrieval.index import write_shard  # noqa: E402
 from marseval.retrieval.queries import write_queries  # noqa: E402
+from marseval.retrieval.shards import write_shard  # noqa: E402
 
 MODES = ("text", "image", "hybrid")
 LANDFORMS = 5

@@ -25,7 +25,7 @@ from marseval.data.standardize import standardize
 from marseval.data.synthetic.generate import generate_benchmark
 from marseval.data.synthetic.writers import write_zenodo
 from marseval.registry import get_dataset
-from marseval.retrieval.index import write_shard
+from marseval.retrieval.shards import write_shard
 
 SEGMENTER = "unet:resnet18"
 

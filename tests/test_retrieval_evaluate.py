@@ -12,9 +12,10 @@ from lonlat_grid import cell_of, tile_grid
 from sklearn.metrics import average_precision_score
 
 from marseval.retrieval.evaluate import GeoOptions, evaluate
-from marseval.retrieval.index import IndexMismatchError, build_index, write_shard
+from marseval.retrieval.index import build_index
 from marseval.retrieval.queries import write_queries
 from marseval.retrieval.report import write_report
+from marseval.retrieval.shards import IndexMismatchError, write_shard
 
 
 def _dataset(root: Path, subtask: str, classes: list[str] | None = None) -> Path:

@@ -11,6 +11,7 @@ import pytest
 
 from marseval.errors import MarsevalError
 from marseval.retrieval import index as vi
+from marseval.retrieval import shards as sh
 
 
 def unit_rows(n: int, dim: int, seed: int) -> np.ndarray:
@@ -29,7 +30,7 @@ def three_shards(tmp_path: Path) -> tuple[list[Path], np.ndarray, np.ndarray]:
     """300 vectors in shards of 120, 0 and 180 rows, with a paired `text_embeddings` extra."""
     x, text = unit_rows(300, 32, 0), unit_rows(300, 16, 1)
     bounds = [(0, 120), (120, 120), (120, 300)]
-    dirs = [vi.write_shard(tmp_path / f"shard{i}", x[a:b], id_frame(a, b - a),
+    dirs = [sh.write_shard(tmp_path / f"shard{i}", x[a:b], id_frame(a, b - a),
                            extra={"text_embeddings": text[a:b]})
             for i, (a, b) in enumerate(bounds)]
     return dirs, x, text
@@ -39,7 +40,7 @@ def test_merged_exact_index_matches_whole_matrix_and_brute_force(tmp_path, three
     dirs, x, _ = three_shards
     queries = unit_rows(20, 32, 7)
     merged = vi.build_index(dirs, tmp_path / "merged", use_gpu="no")
-    whole = vi.write_shard(tmp_path / "whole_shard", x, id_frame(0, 300))
+    whole = sh.write_shard(tmp_path / "whole_shard", x, id_frame(0, 300))
     vi.build_index([whole], tmp_path / "whole", use_gpu="no")
     a = vi.SearchIndex.load(tmp_path / "merged", use_gpu="no")
     b = vi.SearchIndex.load(tmp_path / "whole", use_gpu="no")
@@ -72,9 +73,9 @@ def test_ids_and_extras_concatenate_in_shard_order(tmp_path, three_shards):
 
 def test_float16_shard_round_trips(tmp_path):
     x = unit_rows(50, 24, 3)
-    vi.write_shard(tmp_path / "half", x, id_frame(0, 50), dtype="float16")
+    sh.write_shard(tmp_path / "half", x, id_frame(0, 50), dtype="float16")
     assert np.load(tmp_path / "half/embeddings.npy").dtype == np.float16
-    embeddings, ids, extras = vi.read_shard(tmp_path / "half")
+    embeddings, ids, extras = sh.read_shard(tmp_path / "half")
     assert embeddings.dtype == np.float32 and extras == {}
     np.testing.assert_allclose(embeddings, x, atol=1e-3)
     pd.testing.assert_frame_equal(ids, id_frame(0, 50).astype({"id": str}))
@@ -82,8 +83,8 @@ def test_float16_shard_round_trips(tmp_path):
 
 
 def test_empty_shard_records_its_dim(tmp_path):
-    vi.write_shard(tmp_path / "empty", np.zeros((0, 8), np.float32), id_frame(0, 0))
-    embeddings, ids, _ = vi.read_shard(tmp_path / "empty")
+    sh.write_shard(tmp_path / "empty", np.zeros((0, 8), np.float32), id_frame(0, 0))
+    embeddings, ids, _ = sh.read_shard(tmp_path / "empty")
     assert embeddings.shape == (0, 8) and len(ids) == 0
     assert json.loads((tmp_path / "empty/shard.json").read_text())["dim"] == 8
     with pytest.raises(MarsevalError, match="hold no embeddings.*empty"):
@@ -93,7 +94,7 @@ def test_empty_shard_records_its_dim(tmp_path):
 @pytest.mark.parametrize("kind", ["ivf", "hnsw"])
 def test_approximate_kinds_record_recall(tmp_path, kind):
     x = unit_rows(1600, 16, 5)
-    shard = vi.write_shard(tmp_path / "shard", x, id_frame(0, 1600))
+    shard = sh.write_shard(tmp_path / "shard", x, id_frame(0, 1600))
     info = vi.build_index([shard], tmp_path / kind, kind=kind, use_gpu="no",
                           recall_queries=200)
     assert 0.0 <= info["recall_at_10_vs_exact"] <= 1.0 and info["recall_queries"] == 200
@@ -106,7 +107,7 @@ def test_approximate_kinds_record_recall(tmp_path, kind):
 
 def test_ivf_probing_every_list_is_exact(tmp_path):
     x = unit_rows(800, 16, 6)
-    shard = vi.write_shard(tmp_path / "shard", x, id_frame(0, 800))
+    shard = sh.write_shard(tmp_path / "shard", x, id_frame(0, 800))
     info = vi.build_index([shard], tmp_path / "ivf", kind="ivf", nlist=8, nprobe=8,
                           use_gpu="no", recall_queries=300)
     assert info["params"]["nlist"] == 8 and info["params"]["nprobe"] == 8
@@ -117,32 +118,32 @@ def test_ivf_probing_every_list_is_exact(tmp_path):
 
 @pytest.mark.parametrize("kind", ["ivf", "hnsw"])
 def test_approximate_build_is_deterministic(tmp_path, kind):
-    shard = vi.write_shard(tmp_path / "shard", unit_rows(3000, 16, 8), id_frame(0, 3000))
+    shard = sh.write_shard(tmp_path / "shard", unit_rows(3000, 16, 8), id_frame(0, 3000))
     for name in ("a", "b"):
         vi.build_index([shard], tmp_path / name, kind=kind, use_gpu="no", seed=3)
     assert (tmp_path / "a/index.faiss").read_bytes() == (tmp_path / "b/index.faiss").read_bytes()
 
 
 def test_dim_mismatch_between_shards_names_the_shard(tmp_path):
-    a = vi.write_shard(tmp_path / "a", unit_rows(5, 8, 0), id_frame(0, 5))
-    b = vi.write_shard(tmp_path / "b", unit_rows(5, 12, 0), id_frame(5, 5))
-    with pytest.raises(vi.IndexMismatchError, match=r"shard .*b holds 12-d .* holds 8-d"):
+    a = sh.write_shard(tmp_path / "a", unit_rows(5, 8, 0), id_frame(0, 5))
+    b = sh.write_shard(tmp_path / "b", unit_rows(5, 12, 0), id_frame(5, 5))
+    with pytest.raises(sh.IndexMismatchError, match=r"shard .*b holds 12-d .* holds 8-d"):
         vi.build_index([a, b], tmp_path / "index", use_gpu="no")
 
 
 def test_duplicate_id_across_shards_is_named(tmp_path):
-    a = vi.write_shard(tmp_path / "a", unit_rows(5, 8, 0), id_frame(0, 5))
-    b = vi.write_shard(tmp_path / "b", unit_rows(5, 8, 1), id_frame(4, 5))
-    with pytest.raises(vi.IndexMismatchError, match=r"id 'tile00004' is in shard .*a .*b"):
+    a = sh.write_shard(tmp_path / "a", unit_rows(5, 8, 0), id_frame(0, 5))
+    b = sh.write_shard(tmp_path / "b", unit_rows(5, 8, 1), id_frame(4, 5))
+    with pytest.raises(sh.IndexMismatchError, match=r"id 'tile00004' is in shard .*a .*b"):
         vi.build_index([a, b], tmp_path / "index", use_gpu="no")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
 
 
 def test_query_of_wrong_dim_names_both_dims(tmp_path):
-    shard = vi.write_shard(tmp_path / "shard", unit_rows(5, 8, 0), id_frame(0, 5))
+    shard = sh.write_shard(tmp_path / "shard", unit_rows(5, 8, 0), id_frame(0, 5))
     vi.build_index([shard], tmp_path / "index", use_gpu="no")
     index = vi.SearchIndex.load(tmp_path / "index", use_gpu="no")
-    with pytest.raises(vi.IndexMismatchError, match=r"index .*index built from 8-d embeddings; "
+    with pytest.raises(sh.IndexMismatchError, match=r"index .*index built from 8-d embeddings; "
                                                     r"queries are 12-d"):
         index.search(unit_rows(2, 12, 1), 3)
 
@@ -150,27 +151,27 @@ def test_query_of_wrong_dim_names_both_dims(tmp_path):
 def test_write_shard_rejects_bad_input(tmp_path):
     x = unit_rows(4, 8, 0)
     with pytest.raises(MarsevalError, match="not L2-normalised.*row 0"):
-        vi.write_shard(tmp_path / "s", x * 2, id_frame(0, 4))
+        sh.write_shard(tmp_path / "s", x * 2, id_frame(0, 4))
     with pytest.raises(MarsevalError, match="NaN"):
-        vi.write_shard(tmp_path / "s", np.full((4, 8), np.nan, np.float32), id_frame(0, 4))
+        sh.write_shard(tmp_path / "s", np.full((4, 8), np.nan, np.float32), id_frame(0, 4))
     with pytest.raises(MarsevalError, match="3 ids for 4 embedding rows"):
-        vi.write_shard(tmp_path / "s", x, id_frame(0, 3))
+        sh.write_shard(tmp_path / "s", x, id_frame(0, 3))
     with pytest.raises(MarsevalError, match="2-D"):
-        vi.write_shard(tmp_path / "s", x[0], id_frame(0, 1))
+        sh.write_shard(tmp_path / "s", x[0], id_frame(0, 1))
     with pytest.raises(MarsevalError, match="duplicate id"):
-        vi.write_shard(tmp_path / "s", x, pd.DataFrame({"id": ["a", "b", "a", "c"]}))
+        sh.write_shard(tmp_path / "s", x, pd.DataFrame({"id": ["a", "b", "a", "c"]}))
     assert not list(tmp_path.iterdir())
 
 
 def test_read_shard_names_the_missing_file(tmp_path):
-    shard = vi.write_shard(tmp_path / "s", unit_rows(4, 8, 0), id_frame(0, 4))
+    shard = sh.write_shard(tmp_path / "s", unit_rows(4, 8, 0), id_frame(0, 4))
     (shard / "ids.parquet").unlink()
     with pytest.raises(MarsevalError, match=r"s/ids\.parquet is missing"):
-        vi.read_shard(shard)
+        sh.read_shard(shard)
 
 
 def test_failed_build_leaves_only_the_finished_folder(tmp_path, monkeypatch):
-    shard = vi.write_shard(tmp_path / "shards/s", unit_rows(30, 8, 0), id_frame(0, 30))
+    shard = sh.write_shard(tmp_path / "shards/s", unit_rows(30, 8, 0), id_frame(0, 30))
     out = tmp_path / "indexes/index"
     vi.build_index([shard], out, use_gpu="no")
     before = (out / "index.json").read_bytes()
@@ -187,7 +188,7 @@ def test_failed_build_leaves_only_the_finished_folder(tmp_path, monkeypatch):
 
 def test_use_gpu_yes_without_gpu_is_an_error(tmp_path, monkeypatch):
     monkeypatch.setattr(vi, "gpu_available", lambda: False)
-    shard = vi.write_shard(tmp_path / "s", unit_rows(4, 8, 0), id_frame(0, 4))
+    shard = sh.write_shard(tmp_path / "s", unit_rows(4, 8, 0), id_frame(0, 4))
     with pytest.raises(MarsevalError, match="use_gpu is 'yes'"):
         vi.build_index([shard], tmp_path / "index", use_gpu="yes")
 

@@ -12,6 +12,7 @@ import pytest
 from marseval.errors import MarsevalError
 from marseval.retrieval import index as vi
 from marseval.retrieval import metrics
+from marseval.retrieval import shards as sh
 from marseval.retrieval.index_params import IndexParams
 from marseval.retrieval.queries import write_queries
 from marseval.retrieval.search import (
@@ -45,7 +46,7 @@ def write_shards(folder: Path, x: np.ndarray, sizes: list[int],
                             "lat_min": np.zeros(b - a), "lon_max": np.arange(a, b) + 1.0,
                             "lat_max": np.ones(b - a)})
         extras = {"text_embeddings": extra[a:b]} if extra is not None else None
-        shards.append(vi.write_shard(folder / f"shard{i}", x[a:b], ids, extra=extras))
+        shards.append(sh.write_shard(folder / f"shard{i}", x[a:b], ids, extra=extras))
     return shards
 
 
@@ -160,19 +161,19 @@ def test_paired_metrics_of_parts_equal_the_whole(tmp_path):
 def test_shards_of_different_dimension_or_dtype_are_refused(tmp_path):
     q = write_queries(tmp_path / "q.npz", {"text": dyadic_rows(2, 8, 0)}, ["a", "b"])
     a = write_shards(tmp_path / "a", dyadic_rows(5, 8, 1), [5])[0]
-    b = vi.write_shard(tmp_path / "b", dyadic_rows(5, 16, 1), pd.DataFrame(
+    b = sh.write_shard(tmp_path / "b", dyadic_rows(5, 16, 1), pd.DataFrame(
         {"id": [f"b{i}" for i in range(5)]}))
-    c = vi.write_shard(tmp_path / "c", dyadic_rows(5, 8, 1), pd.DataFrame(
+    c = sh.write_shard(tmp_path / "c", dyadic_rows(5, 8, 1), pd.DataFrame(
         {"id": [f"c{i}" for i in range(5)]}), dtype="float16")
     ra = tmp_path / "ra.npz"
     search_shard(a, q, ra, params=IndexParams(), use_gpu="no")
-    with pytest.raises(vi.IndexMismatchError,
+    with pytest.raises(sh.IndexMismatchError,
                        match=r"shard .*b has dimension 16 but .*a/shard0 has 8"):
         merge_rankings([ra, ra], [a, b], 3)
-    with pytest.raises(vi.IndexMismatchError, match=r"shard .*c has dtype 'float16' but "
+    with pytest.raises(sh.IndexMismatchError, match=r"shard .*c has dtype 'float16' but "
                                                     r".*a/shard0 has 'float32'"):
         merge_rankings([ra, ra], [a, c], 3)
-    with pytest.raises(vi.IndexMismatchError, match="shards of different dtypes"):
+    with pytest.raises(sh.IndexMismatchError, match="shards of different dtypes"):
         vi.build_index([a, c], tmp_path / "merged", use_gpu="no")
 
 
@@ -188,7 +189,7 @@ def test_a_missing_shard_or_result_is_named(tmp_path):
         merge_rankings(results, [shards[0], tmp_path / "shard9"], 3)
     with pytest.raises(MarsevalError, match=r"r7\.npz: not a search result file"):
         merge_rankings([results[0], tmp_path / "r7.npz"], shards, 3)
-    with pytest.raises(vi.IndexMismatchError, match=r"r1\.npz is of a shard of 6 .*shard0 "
+    with pytest.raises(sh.IndexMismatchError, match=r"r1\.npz is of a shard of 6 .*shard0 "
                                                     r"holds 4"):
         merge_rankings([results[1], results[0]], shards, 3)  # results out of order
     with pytest.raises(MarsevalError, match=r"shard9/shard\.json is missing"):
@@ -203,7 +204,7 @@ def test_an_index_built_with_other_settings_is_not_reused(tmp_path):
     vi.build_shard_index(shard, tmp_path / "index", built, use_gpu="no")
     search_shard(shard, q, tmp_path / "ok.npz", params=built, index_dir=tmp_path / "index",
                  use_gpu="no")
-    with pytest.raises(vi.IndexMismatchError, match=r"index .*index was built with .*'nprobe': "
+    with pytest.raises(sh.IndexMismatchError, match=r"index .*index was built with .*'nprobe': "
                                                     r"2.*asks for .*'nprobe': 4"):
         search_shard(shard, q, tmp_path / "stale.npz", index_dir=tmp_path / "index",
                      params=IndexParams(kind="ivf", nlist=4, nprobe=4), use_gpu="no")

@@ -194,7 +194,7 @@ def test_an_unreadable_image_stops_the_shard_or_is_left_out(tmp_path, caplog):
     from marseval.data.retrieval import standardize_retrieval
     from marseval.data.synthetic.retrieval import write_retrieval
     from marseval.registry import get_dataset
-    from marseval.retrieval.index import read_shard
+    from marseval.retrieval.shards import read_shard
 
     spec = get_dataset("mr-vl_pairs")
     write_retrieval(spec, tmp_path / "raw", 0, 32, {"pairs": 5})

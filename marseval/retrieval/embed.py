@@ -27,7 +27,7 @@ from PIL import Image
 
 from marseval.errors import MarsevalError
 from marseval.retrieval.ctx.cells import cell_images, read_cells
-from marseval.retrieval.index import write_shard
+from marseval.retrieval.shards import write_shard
 
 if TYPE_CHECKING:  # torch loads only in the jobs that embed: evaluate reads files
     from marseval.retrieval.models import EmbeddingModel

@@ -22,9 +22,10 @@ from marseval.atomic import atomic_directory, atomic_write_json
 from marseval.errors import MarsevalError
 from marseval.retrieval import metrics
 from marseval.retrieval.embed import read_meta
-from marseval.retrieval.index import SearchIndex, load_npy, read_json
+from marseval.retrieval.index import SearchIndex
 from marseval.retrieval.queries import scored_landforms
 from marseval.retrieval.search import Rankings, rankings_of_index, read_rankings
+from marseval.retrieval.shards import load_npy, read_json
 from marseval.retrieval.tiles import tile_locations
 
 

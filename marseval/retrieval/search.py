@@ -29,15 +29,10 @@ import pandas as pd
 
 from marseval.atomic import atomic_directory, atomic_write_json, atomic_writer
 from marseval.errors import MarsevalError
-from marseval.retrieval.index import (
-    IndexMismatchError,
-    SearchIndex,
-    order_results,
-    read_ids,
-    read_json,
-)
+from marseval.retrieval.index import SearchIndex, order_results
 from marseval.retrieval.index_params import IndexParams
 from marseval.retrieval.queries import read_queries
+from marseval.retrieval.shards import IndexMismatchError, read_ids, read_json
 
 Results = dict[str, tuple[np.ndarray, np.ndarray]]  # mode -> (scores, positions)
 
