@@ -449,6 +449,11 @@ def retrieval_folder(config: dict[str, Any], stage: str, dataset: str, model: st
             f"{index_params(config).tag()}")
 
 
+def shard_indexed(config: dict[str, Any]) -> bool:
+    """Whether each shard gets a shard_index job: exact search scans the shard itself."""
+    return index_params(config).kind != "exact"
+
+
 def evaluate_inputs(config: dict[str, Any]):
     """Input function of evaluate: the dataset and what the layout ranks with: the merged
     index and queries; sharded: the merged search results, or for paired the shards."""
@@ -490,7 +495,7 @@ def retrieval_stages(config: dict[str, Any], task: str) -> tuple[str, ...]:
             ("embed", "queries", "index", "evaluate")
     if task == "paired":
         return ("embed", "evaluate")
-    indexed = ("shard_index",) if index_params(config).kind != "exact" else ()
+    indexed = ("shard_index",) if shard_indexed(config) else ()
     return ("embed", "queries", *indexed, "search", "rankings", "evaluate")
 
 
@@ -503,7 +508,7 @@ def search_inputs(config: dict[str, Any]):
         shard = f"shard{wildcards.shard}"
         found = {"shard": f"{results}/retrieval/embeddings/{dataset}/{model}/{shard}",
                  "queries": f"{results}/retrieval/queries/{dataset}/{model}.npz"}
-        if index_params(config).kind != "exact":
+        if shard_indexed(config):
             found["index"] = f"{retrieval_folder(config, 'shard_index', dataset, model)}/{shard}"
         return found
 

@@ -24,7 +24,7 @@ from marseval.retrieval import metrics
 from marseval.retrieval.embed import read_meta
 from marseval.retrieval.index import SearchIndex
 from marseval.retrieval.queries import scored_landforms
-from marseval.retrieval.search import Rankings, rankings_of_index, read_rankings
+from marseval.retrieval.search import Rankings, depth, rankings_of_index, read_rankings
 from marseval.retrieval.shards import load_npy, read_json
 from marseval.retrieval.tiles import tile_locations
 
@@ -79,7 +79,7 @@ def _rankings(index_dir: Path | None, rankings_dir: Path | None, queries_path: P
     the sharded layout's merged results (which must hold at least that many)."""
     if rankings_dir is not None:
         rankings = read_rankings(Path(rankings_dir))
-        needed = rankings.ntotal if k is None else min(k, rankings.ntotal)
+        needed = depth(k, rankings.ntotal)
         if rankings.k < needed:
             raise MarsevalError(f"rankings {rankings_dir} hold the top {rankings.k} of each "
                                 f"query; {task} evaluation needs {needed} (search again: "

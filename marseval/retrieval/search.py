@@ -32,7 +32,13 @@ from marseval.errors import MarsevalError
 from marseval.retrieval.index import SearchIndex, order_results
 from marseval.retrieval.index_params import IndexParams
 from marseval.retrieval.queries import read_queries
-from marseval.retrieval.shards import IndexMismatchError, read_ids, read_json
+from marseval.retrieval.shards import (
+    IndexMismatchError,
+    check_same,
+    concatenate_ids,
+    read_ids,
+    read_json,
+)
 
 Results = dict[str, tuple[np.ndarray, np.ndarray]]  # mode -> (scores, positions)
 
@@ -53,9 +59,14 @@ class Rankings:
         return len(self.ids)
 
 
+def depth(top_k: int | None, n: int) -> int:
+    """How many results a top-K search of n rows returns (None: all of them)."""
+    return n if top_k is None else min(top_k, n)
+
+
 def search_all(index: SearchIndex, queries: dict[str, np.ndarray], k: int | None) -> Results:
     """Every mode's queries searched for their top k (None: the whole database)."""
-    k = index.ntotal if k is None else min(k, index.ntotal)
+    k = depth(k, index.ntotal)
     if k == 0:  # an empty shard: no results, nothing to search
         return {mode: (np.empty((len(vectors), 0), np.float32),
                        np.empty((len(vectors), 0), np.int64))
@@ -87,7 +98,7 @@ def search_shard(shard_dir: Path, queries_path: Path, out: Path, *, params: Inde
     queries, classes = read_queries(Path(queries_path))
     index = open_shard(shard_dir, index_dir, params, use_gpu)
     results = search_all(index, queries, top_k)
-    k = index.ntotal if top_k is None else min(top_k, index.ntotal)
+    k = depth(top_k, index.ntotal)
     arrays = {f"{mode}_{part}": values for mode, pair in results.items()
               for part, values in zip(("scores", "positions"), pair, strict=True)}
     record = {"modes": list(results), "classes": classes, "n": meta["n"], "dim": meta["dim"],
@@ -112,14 +123,6 @@ def _read_result(path: Path) -> tuple[dict[str, Any], Results]:
     except (OSError, KeyError, ValueError) as error:
         raise MarsevalError(f"{path}: not a search result file ({error})") from None
     return record, results
-
-
-def _check_same(name: str, values: dict[Path, Any], what: str) -> None:
-    first_path, first = next(iter(values.items()))
-    for path, value in values.items():
-        if value != first:
-            raise IndexMismatchError(f"{what} {path} has {name} {value!r} but {first_path} has "
-                                     f"{first!r}")
 
 
 class TopK:
@@ -151,10 +154,10 @@ def merge_rankings(result_paths: list[Path], shard_dirs: list[Path],
         raise MarsevalError(f"merge: {len(result_paths)} search results for {len(shard_dirs)} "
                             "shards (one result per shard, in shard order)")
     metas = {Path(d): read_json(Path(d) / "shard.json") for d in shard_dirs}
-    _check_same("dimension", {d: m["dim"] for d, m in metas.items()}, "shard")
-    _check_same("dtype", {d: m["dtype"] for d, m in metas.items()}, "shard")
+    check_same("dimension", {d: m["dim"] for d, m in metas.items()}, "shard")
+    check_same("dtype", {d: m["dtype"] for d, m in metas.items()}, "shard")
     ntotal = sum(m["n"] for m in metas.values())
-    k = ntotal if top_k is None else min(top_k, ntotal)
+    k = depth(top_k, ntotal)
     merged: dict[str, TopK] = {}
     records, shards, offset = {}, [], 0
     for path, shard_dir in zip(map(Path, result_paths), map(Path, shard_dirs), strict=True):
@@ -177,9 +180,10 @@ def merge_rankings(result_paths: list[Path], shard_dirs: list[Path],
                        "kind": record["kind"],
                        "recall_at_10_vs_exact": record["recall_at_10_vs_exact"]})
         offset += meta["n"]
-    _check_same("query modes", {p: r["modes"] for p, r in records.items()}, "search result")
-    _check_same("query classes", {p: r["classes"] for p, r in records.items()}, "search result")
-    ids = _concatenated_ids(list(metas))
+    check_same("query modes", {p: r["modes"] for p, r in records.items()}, "search result")
+    check_same("query classes", {p: r["classes"] for p, r in records.items()}, "search result")
+    ids = concatenate_ids([(d, read_ids(d / "ids.parquet").astype({"id": str}))
+                           for d in metas])
     first = next(iter(records.values()))
     info = {"modes": first["modes"], "classes": first["classes"], "k": k, "ntotal": ntotal,
             "dim": first["dim"], "kinds": sorted({r["kind"] for r in records.values()}),
@@ -187,18 +191,6 @@ def merge_rankings(result_paths: list[Path], shard_dirs: list[Path],
             "shards": shards}
     return Rankings({mode: top.result() for mode, top in merged.items()}, first["classes"],
                     ids, first["dim"], k, info)
-
-
-def _concatenated_ids(shard_dirs: list[Path]) -> pd.DataFrame:
-    parts = [read_ids(d / "ids.parquet").astype({"id": str}) for d in shard_dirs]
-    ids = pd.concat(parts, ignore_index=True)
-    duplicated = ids["id"].duplicated()
-    if duplicated.any():
-        sample = ids["id"][duplicated].iloc[0]
-        holders = [str(d) for d, part in zip(shard_dirs, parts, strict=True)
-                   if (part["id"] == sample).any()]
-        raise IndexMismatchError(f"id {sample!r} is in shards {', '.join(holders)}")
-    return ids
 
 
 def write_rankings(rankings: Rankings, out: Path) -> Path:
@@ -233,7 +225,7 @@ def read_rankings(folder: Path) -> Rankings:
 def rankings_of_index(index: SearchIndex, queries_path: Path, top_k: int | None) -> Rankings:
     """The rankings of the merged layout: the queries searched in one index in-process."""
     queries, classes = read_queries(Path(queries_path))
-    k = index.ntotal if top_k is None else min(top_k, index.ntotal)
+    k = depth(top_k, index.ntotal)
     recall = index.info.get("recall_at_10_vs_exact", 1.0)
     info = {"modes": list(queries), "classes": classes, "k": k, "ntotal": index.ntotal,
             "dim": index.dim, "kinds": [index.info["kind"]], "min_recall_at_10_vs_exact": recall,

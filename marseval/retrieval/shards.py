@@ -153,6 +153,29 @@ def read_shard(shard_dir: Path) -> tuple[np.ndarray, pd.DataFrame, dict[str, np.
 # ---------------------------------------------------------------- merging
 
 
+def check_same(name: str, values: dict[Path, Any], what: str) -> None:
+    """Every folder's `name` equals the first one's, else an error naming both."""
+    first_path, first = next(iter(values.items()))
+    for path, value in values.items():
+        if value != first:
+            raise IndexMismatchError(f"{what} {path} has {name} {value!r} but {first_path} has "
+                                     f"{first!r}")
+
+
+def concatenate_ids(parts: list[tuple[Path, pd.DataFrame]]) -> pd.DataFrame:
+    """The shards' ids in order; an id in two shards is an error naming both."""
+    ids = pd.concat([part for _, part in parts], ignore_index=True)
+    duplicated = ids["id"].duplicated()
+    if duplicated.any():
+        row = int(np.flatnonzero(duplicated)[0])
+        sample = ids["id"].iloc[row]
+        owner = np.repeat(np.arange(len(parts)), [len(part) for _, part in parts])
+        first = owner[int(np.flatnonzero(ids["id"].to_numpy() == sample)[0])]
+        raise IndexMismatchError(f"id {sample!r} is in shard {parts[first][0]} and in shard "
+                                 f"{parts[owner[row]][0]}")
+    return ids
+
+
 def merge_shards(
     shard_dirs: list[Path],
 ) -> tuple[np.ndarray, pd.DataFrame, dict[str, np.ndarray], list[dict[str, Any]]]:
@@ -160,12 +183,8 @@ def merge_shards(
     if not shard_dirs:
         raise MarsevalError("build_index: no shards given")
     parts = [(Path(d), *read_shard(d)) for d in shard_dirs]
-    dtypes = {str(p[0]): read_json(p[0] / "shard.json")["dtype"] for p in parts}
-    if len(set(dtypes.values())) > 1:
-        raise IndexMismatchError(f"shards of different dtypes: {dtypes} (embedded with "
-                                 "different retrieval.embed_dtype settings?)")
+    check_same("dtype", {p[0]: read_json(p[0] / "shard.json")["dtype"] for p in parts}, "shard")
     first_dir, first, first_ids, first_extras = parts[0]
-    seen: dict[str, Path] = {}
     for shard_dir, embeddings, ids, extras in parts:
         if embeddings.shape[1] != first.shape[1]:
             raise IndexMismatchError(
@@ -177,13 +196,8 @@ def merge_shards(
         if sorted(extras) != sorted(first_extras):
             raise IndexMismatchError(f"shard {shard_dir} has extras {sorted(extras)} but shard "
                                      f"{first_dir} has {sorted(first_extras)}")
-        for sample_id in ids["id"]:
-            if sample_id in seen:
-                raise IndexMismatchError(f"id {sample_id!r} is in shard {seen[sample_id]} and in "
-                                         f"shard {shard_dir}")
-            seen[sample_id] = shard_dir
+    ids = concatenate_ids([(p[0], p[2]) for p in parts])
     embeddings = np.ascontiguousarray(np.concatenate([p[1] for p in parts]), dtype=np.float32)
-    ids = pd.concat([p[2] for p in parts], ignore_index=True)
     extras = {}
     for name in first_extras:
         try:
